@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create ./.venv and install fcn_dist with its test extras. Idempotent: re-running is cheap.
+# torch/torchvision are pinned (torch==2.14.1, torchvision==0.29.1) in pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"

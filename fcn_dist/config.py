@@ -1,0 +1,30 @@
+"""Service-wide settings: command-line flags fall back to these environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url(value: str | None = None) -> str:
+    """The Redis URL: ``value`` if given, else ``$FCN_REDIS_URL``, else the local default."""
+    return value or os.environ.get("FCN_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def store_path(value: str | os.PathLike | None = None) -> Path:
+    """The results store root: ``value``, else ``$FCN_STORE``, else ``./results``."""
+    return Path(value or os.environ.get("FCN_STORE") or "results").expanduser().resolve()
+
+
+def data_path(value: str | os.PathLike | None = None) -> Path:
+    """The prepared-data root: ``value``, else ``$FCN_DATA``, else ``./data``."""
+    return Path(value or os.environ.get("FCN_DATA") or "data").expanduser().resolve()
+
+
+def runs_path(value: str | os.PathLike | None = None) -> Path:
+    """Where Ray Train keeps run directories and checkpoints: ``value``, else ``$FCN_RUNS``,
+    else ``<store>/ray``."""
+    v = value or os.environ.get("FCN_RUNS")
+    return Path(v).expanduser().resolve() if v else store_path() / "ray"

@@ -1,0 +1,53 @@
+"""Shared fixtures: one local Ray instance per test session, a real Redis with a per-test prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+REDIS_URL = os.environ.get("FCN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Start (once) a local Ray instance for the whole test session.
+
+    4 logical CPUs on a 2-core machine: training workers take fractional CPUs and Ray Data
+    keeps room for its read/map tasks, which a strict 1-CPU-per-worker layout would starve.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=int(os.environ.get("FCN_TEST_RAY_CPUS", "4")),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            object_store_memory=512 * 1024 * 1024,
+        )
+    yield ray
+    # left running until interpreter exit: other session-scoped users may still need it
+
+
+@pytest.fixture
+def redis_prefix():
+    """A unique key prefix on the real local Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"fcntest:{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail(f"no Redis server answers at {REDIS_URL}; start one (see .ci/run)")
+    yield prefix
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def redis_url():
+    return REDIS_URL
