@@ -1,0 +1,24 @@
+"""Results store: Parquet tables ``epochs`` and ``runs`` (see :mod:`fcn_dist.store.parquet`)
+and the reports over them (:mod:`fcn_dist.store.report`)."""
+
+from fcn_dist.store.parquet import (
+    EPOCH_SCHEMA,
+    RUN_SCHEMA,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    ResultsStore,
+    StoreWarning,
+    library_versions,
+    rows_to_table,
+)
+
+__all__ = [
+    "EPOCH_SCHEMA",
+    "RUN_SCHEMA",
+    "SCHEMA_VERSION",
+    "SCHEMAS",
+    "ResultsStore",
+    "StoreWarning",
+    "library_versions",
+    "rows_to_table",
+]
