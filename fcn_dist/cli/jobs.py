@@ -1,0 +1,226 @@
+"""fcn-jobs: look at and steer the job queue (list, show, cancel, retry, logs, dead letters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+import click
+
+from fcn_dist.queue.cli_support import Group
+
+
+def _ts(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _queue(ctx: click.Context):
+    from fcn_dist.queue.redis_queue import JobQueue
+
+    if ctx.obj is None:
+        ctx.obj = JobQueue(ctx.meta["redis_url"], prefix=ctx.meta["prefix"])
+    return ctx.obj
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [header] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _short(s: str, n: int = 60) -> str:
+    s = " ".join((s or "").split())
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _job_rows(jobs) -> list[list[str]]:
+    return [[j.id, j.state + ("*" if j.cancel_requested else ""), j.variant, j.backbone, j.name,
+             f"{j.attempts}/{j.max_attempts}", str(j.priority), j.worker or "-", _ts(j.updated_at),
+             _short(j.error, 50)] for j in jobs]
+
+
+_HEADER = ["ID", "STATE", "VARIANT", "BACKBONE", "NAME", "ATTEMPTS", "PRIO", "WORKER", "UPDATED (UTC)",
+           "ERROR"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--redis-url", default=None, metavar="URL", help="Redis URL (default $FCN_REDIS_URL).")
+@click.option("--prefix", default=lambda: os.environ.get("FCN_REDIS_PREFIX", "fcn:"),
+              show_default="fcn: or $FCN_REDIS_PREFIX", help="Key prefix of the queue.")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str | None, prefix: str) -> None:
+    """Inspect and control queued training jobs. IDs may be abbreviated (unique prefix)."""
+    ctx.meta["redis_url"] = redis_url
+    ctx.meta["prefix"] = prefix
+
+
+@main.command("list")
+@click.option("--state", default=None, metavar="STATE",
+              help="Only jobs in STATE (waiting, queued, running, succeeded, failed, cancelled).")
+@click.option("--limit", type=int, default=None, help="Only the newest N jobs.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_cmd(ctx: click.Context, state: str | None, limit: int | None, as_json: bool) -> None:
+    """List jobs, oldest first (a * after the state: cancel pending)."""
+    jobs = _queue(ctx).list(state=state, limit=limit)
+    if as_json:
+        click.echo(json.dumps([j.to_dict() for j in jobs], default=str))
+    elif jobs:
+        click.echo(_table(_job_rows(jobs), _HEADER))
+    else:
+        click.echo("no jobs" + (f" in state {state}" if state else ""))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show a job: spec, state history, attempts, errors, result, run directory."""
+    q = _queue(ctx)
+    job = q.get(job_id)
+    hist = q.history(job.id)
+    if as_json:
+        click.echo(json.dumps({**job.to_dict(), "history": hist}, default=str, indent=2))
+        return
+    lines = [
+        f"job        {job.id}",
+        f"name       {job.name}  ({job.variant}, {job.backbone})",
+        f"state      {job.state}" + (f" (cancel requested: {job.cancel_reason})" if job.cancel_requested else ""),
+        f"attempts   {job.attempts} of {job.max_attempts}",
+        f"priority   {job.priority}",
+        f"created    {_ts(job.created_at)}",
+        f"started    {_ts(job.started_at)}",
+        f"finished   {_ts(job.finished_at)}",
+        f"worker     {job.worker or '-'}",
+    ]
+    if job.state == "running":
+        lines.append(f"lease      until {_ts(job.lease_deadline)} (last heartbeat {_ts(job.heartbeat_at)})")
+    if job.retry_at and job.state == "queued":
+        lines.append(f"retry at   {_ts(job.retry_at)}")
+    if job.depends_on:
+        lines.append(f"after      {job.depends_on} (staged; init_from {job.init_from or '-'})")
+    lines.append(f"run dir    {job.run_dir or '-'}")
+    if job.result:
+        ckpt = job.result.get("best_checkpoint")
+        if ckpt:
+            lines.append(f"checkpoint {ckpt}")
+    if job.error:
+        lines.append(f"error      {job.error}")
+    lines.append("spec")
+    lines += ["  " + ln for ln in json.dumps(job.spec_dict, indent=2, sort_keys=True).splitlines()]
+    if job.result:
+        lines.append("result")
+        lines += ["  " + ln for ln in json.dumps(job.result, indent=2, sort_keys=True, default=str).splitlines()]
+    if job.traceback:
+        lines.append("traceback (tail)")
+        lines += ["  " + ln for ln in job.traceback.rstrip().splitlines()[-15:]]
+    lines.append("history")
+    for h in hist:
+        who = f" [{h.get('worker')}]" if h.get("worker") else ""
+        lines.append(f"  {_ts(h.get('t'))}  {h.get('from') or '-':>9} -> {h.get('to'):<9} "
+                     f"{h.get('event')}{who}: {h.get('reason')}")
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--reason", default="cancelled by user", show_default=True)
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, reason: str) -> None:
+    """Cancel a job: at once if waiting/queued; a running job is stopped by its worker."""
+    from fcn_dist.errors import QueueError
+
+    q = _queue(ctx)
+    jid = q.resolve(job_id)
+    state = q.cancel(jid, reason)
+    if state == "cancelling":
+        click.echo(f"{jid} cancelling (its worker stops the run at the next heartbeat)")
+    elif state == "cancelled":
+        click.echo(f"{jid} cancelled")
+    else:
+        raise QueueError(f"job {jid} already {state}; nothing to cancel")
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def retry(ctx: click.Context, job_id: str) -> None:
+    """Re-queue a failed (dead-lettered) or cancelled job with its attempts reset."""
+    q = _queue(ctx)
+    jid = q.resolve(job_id)
+    click.echo(f"{jid} {q.retry(jid)}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job finishes.")
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, tail: int | None, follow: bool) -> None:
+    """Print the log lines the worker recorded for a job."""
+    q = _queue(ctx)
+    jid = q.resolve(job_id)
+    lines = q.logs(jid, tail=tail)
+    for ln in lines:
+        click.echo(ln)
+    if not follow:
+        return
+    seen = len(q.logs(jid))
+    while True:
+        new = q.logs(jid)[seen:]
+        for ln in new:
+            click.echo(ln)
+        seen += len(new)
+        if q.get(jid).state in ("succeeded", "failed", "cancelled") and not new:
+            return
+        time.sleep(1.0)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dead(ctx: click.Context, as_json: bool) -> None:
+    """List dead-lettered jobs (failed after their last attempt), newest first."""
+    jobs = _queue(ctx).dead_letters()
+    if as_json:
+        click.echo(json.dumps([j.to_dict() for j in jobs], default=str))
+    elif jobs:
+        click.echo(_table(_job_rows(jobs), _HEADER))
+    else:
+        click.echo("no dead-lettered jobs")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Queue depth per state, ready/delayed/dead counts and live workers."""
+    q = _queue(ctx)
+    counts = q.counts()
+    workers = q.workers()
+    if as_json:
+        click.echo(json.dumps({**counts, "workers": workers}))
+        return
+    click.echo("  ".join(f"{k}={v}" for k, v in counts.items()))
+    click.echo(f"workers seen in the last 2 min: {len(workers)}"
+               + (f" ({', '.join(sorted(workers))})" if workers else ""))
+
+
+@main.command()
+@click.option("--count", type=int, default=50, show_default=True)
+@click.option("--job", "job_id", default=None, help="Only events of this job.")
+@click.pass_context
+def events(ctx: click.Context, count: int, job_id: str | None) -> None:
+    """The latest state-change events of the queue (the Redis stream)."""
+    q = _queue(ctx)
+    jid = q.resolve(job_id) if job_id else None
+    for e in q.events(count=count, job_id=jid):
+        t = int(e["id"].split("-")[0]) / 1000.0
+        who = f" [{e['worker']}]" if e.get("worker") else ""
+        click.echo(f"{_ts(t)}  {e['job']}  {e.get('from') or '-'} -> {e.get('to')}  "
+                   f"{e.get('event')}{who}: {e.get('reason')}")

@@ -1,0 +1,81 @@
+"""fcn-submit: validate a job spec and enqueue one training job per FCN variant."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from fcn_dist.errors import SpecError
+from fcn_dist.queue.cli_support import Command
+
+VARIANT_CHOICES = ("all", "32s", "16s", "8s")
+
+
+def parse_variants(value: str) -> list[str]:
+    """``all`` -> the three variants (32s, 16s, 8s); else a comma-separated list of them."""
+    from fcn_dist.spec import VARIANTS
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SpecError("--variant: give all, 32s, 16s or 8s")
+    out: list[str] = []
+    for v in items:
+        if v == "all":
+            out.extend(VARIANTS)
+        elif v in VARIANTS:
+            out.append(v)
+        else:
+            raise SpecError(f"--variant: unknown variant {v!r}; choose from {', '.join(VARIANT_CHOICES)}")
+    return list(dict.fromkeys(out))
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spec", "spec_path", required=True, metavar="FILE", help="Job spec (YAML).")
+@click.option("--variant", default="all", show_default=True, metavar="all|32s|16s|8s",
+              help="Variant(s) to train; 'all' submits 32s, 16s and 8s (comma lists work too).")
+@click.option("--backbone", default=None, metavar="NAME", help="Override the spec's backbone.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec field (repeatable), e.g. --set epochs=2.")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first (-1000..1000); FIFO within a priority.")
+@click.option("--staged", is_flag=True,
+              help="Chain 32s -> 16s -> 8s: each waits for the previous and starts from its best checkpoint.")
+@click.option("--force", is_flag=True, help="Submit even if the same job is already waiting, queued or running.")
+@click.option("--max-attempts", type=int, default=3, show_default=True,
+              help="Attempts before a failing job is dead-lettered.")
+@click.option("--redis-url", default=None, metavar="URL", help="Redis URL (default $FCN_REDIS_URL).")
+@click.option("--prefix", default=lambda: os.environ.get("FCN_REDIS_PREFIX", "fcn:"),
+              show_default="fcn: or $FCN_REDIS_PREFIX", help="Key prefix of the queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print the submissions as JSON.")
+def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[str, ...],
+         priority: int, staged: bool, force: bool, max_attempts: int, redis_url: str | None,
+         prefix: str, as_json: bool) -> None:
+    """Submit training jobs; prints one job id per line (an existing id for a duplicate)."""
+    from fcn_dist.queue.redis_queue import JobQueue
+    from fcn_dist.spec import load_spec
+
+    variants = parse_variants(variant)
+    spec = load_spec(spec_path, overrides, variant=variants[0], backbone=backbone)
+    specs_ok = [spec.replace(variant=v) for v in variants]  # validate every variant up front
+    del specs_ok
+    q = JobQueue(redis_url, prefix=prefix)
+
+    def warn(delay: float, err: Exception) -> None:
+        click.echo(f"redis unavailable, retrying in {delay:.1f}s", err=True)
+
+    q.call_with_retry(q.ping, attempts=4, base=0.5, on_retry=warn)
+    subs = q.call_with_retry(
+        lambda: q.submit_variants(spec, variants, staged=staged, priority=priority,
+                                  max_attempts=max_attempts, force=force),
+        attempts=1 if force else 3, base=0.5, on_retry=warn)
+    if as_json:
+        click.echo(json.dumps([{"id": s.id, "variant": s.variant, "state": s.state,
+                                "created": s.created} for s in subs]))
+        return
+    for s in subs:
+        click.echo(s.id)
+    summary = ", ".join(f"{s.variant} {s.id} ({s.state}{'' if s.created else ', already submitted'})"
+                        for s in subs)
+    click.echo(f"submitted {spec.name}: {summary}", err=True)

@@ -1,0 +1,27 @@
+"""The Redis job queue (``JobQueue``) and the worker daemon (``Worker``).
+
+Importing this package is cheap: the training stack is imported only when the default job
+function runs.
+"""
+
+from fcn_dist.queue.redis_queue import (
+    ACTIVE_STATES,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PREFIX,
+    STATES,
+    TERMINAL_STATES,
+    Job,
+    JobQueue,
+    LeaseLost,
+    RedisUnavailable,
+    Submission,
+    idempotency_key,
+    redact_url,
+)
+from fcn_dist.queue.worker import Interrupted, Worker, is_interruption, load_run_fn, train_run_fn
+
+__all__ = [
+    "ACTIVE_STATES", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_PREFIX", "STATES", "TERMINAL_STATES",
+    "Interrupted", "Job", "JobQueue", "LeaseLost", "RedisUnavailable", "Submission", "Worker",
+    "idempotency_key", "is_interruption", "load_run_fn", "redact_url", "train_run_fn",
+]

@@ -1,0 +1,58 @@
+"""Click plumbing shared by the queue CLIs: every error is one ``error: ...`` line on stderr.
+
+Usage errors and :class:`~fcn_dist.errors.SpecError` exit 2; runtime failures (unknown job,
+unreachable Redis) exit 1. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from fcn_dist.errors import FcnError, SpecError
+
+
+def _fail(msg: str, code: int) -> None:
+    msg = " ".join(str(msg).split()) or "failed"
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+class _OneLineErrors:
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,  # type: ignore[misc]
+                              standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 1)
+        except click.UsageError as e:
+            hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            _fail(e.format_message() + hint, 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code or 1)
+        except SpecError as e:
+            _fail(str(e), 2)
+        except FcnError as e:
+            _fail(str(e), 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+            logging.getLogger("fcn_dist.cli").debug("unexpected error", exc_info=True)
+            _fail(f"{type(e).__name__}: {e}", 1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+class Command(_OneLineErrors, click.Command):
+    """A click command whose errors are one line."""
+
+
+class Group(_OneLineErrors, click.Group):
+    """A click group whose errors (its subcommands' included) are one line."""

@@ -1,0 +1,384 @@
+"""The worker daemon: claim a job, run it under a heartbeat, report the outcome, repeat.
+
+One job at a time per worker process: the job's ``run_fn(job, should_stop)`` runs in the main
+thread while a heartbeat thread extends the lease every ``heartbeat_seconds``, watches for a
+cancel request and pushes the job's log lines to Redis. ``should_stop()`` turns True when the
+worker got SIGTERM/SIGINT, the job was cancelled, or the lease was lost; a run that sees it
+saves a checkpoint and raises :class:`Interrupted` (``fcn_dist.train.run`` does so).
+
+Outcomes: a return value -> ``complete`` (the result summary); :class:`Interrupted` or any
+exception while the worker is stopping -> ``release`` (back to the queue, attempt not counted;
+the next worker resumes from the run directory's checkpoints); a requested cancel ->
+``ack_cancel``; any other exception -> ``fail`` (retried with backoff up to the job's
+``max_attempts``; user errors such as an invalid spec or a corrupt shard are not retried).
+
+Redis outages never crash the worker: every queue call is retried with a capped exponential
+backoff, logging ``redis unavailable, retrying in Xs``.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback as tb
+import uuid
+from typing import Any, Callable
+
+from fcn_dist.errors import FcnError, QueueError
+from fcn_dist.queue.redis_queue import Job, JobQueue, LeaseLost, RedisUnavailable
+
+log = logging.getLogger("fcn_dist.worker")
+
+RunFn = Callable[[Job, Callable[[], bool]], Any]
+
+
+class Interrupted(Exception):
+    """A run stopped early because ``should_stop()`` said so (SIGTERM, cancel, lost lease).
+
+    ``fcn_dist.train.Interrupted`` may subclass it; the worker also treats any exception whose
+    class (or a base class) is named ``Interrupted`` as an interruption, so the training stack
+    need not import the queue.
+    """
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """True for :class:`Interrupted`, any class named ``Interrupted``, and KeyboardInterrupt."""
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return True
+    return any(c.__name__ == "Interrupted" for c in type(exc).__mro__)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """User errors (bad spec, data, weights; a training error the user must act on) are not
+    retried; queue errors and unexpected exceptions (a lost Ray node, OOM, ...) are."""
+    return not isinstance(exc, FcnError) or isinstance(exc, QueueError)
+
+
+def train_run_fn(job: Job, should_stop: Callable[[], bool], *, ray_address: str | None = None,
+                 run_dir: str | None = None) -> dict[str, Any]:
+    """The default job function: one Ray Train run of the job's spec.
+
+    ``run_dir`` defaults to ``runs_path()/<job id>``: deterministic, so a job reclaimed after a
+    crash or released on SIGTERM resumes from its checkpoints. Staged jobs start from their
+    parent's best checkpoint (``job.init_from``).
+    """
+    from fcn_dist import config, train  # lazy: the training stack is heavy
+
+    run_dir = run_dir or job.run_dir or str(config.runs_path() / job.id)
+    return train.run(job.spec, job_id=job.id, run_dir=run_dir, init_from=job.init_from or None,
+                     should_stop=should_stop, ray_address=ray_address)
+
+
+def load_run_fn(ref: str) -> RunFn:
+    """Import a job function given as ``module:function`` (``fcn-worker --run-fn``)."""
+    mod_name, sep, attr = ref.partition(":")
+    if not sep or not mod_name or not attr:
+        raise QueueError(f"--run-fn must look like module:function, got {ref!r}")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise QueueError(f"--run-fn: cannot import {mod_name!r}: {e}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise QueueError(f"--run-fn: {mod_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise QueueError(f"--run-fn: {ref!r} is not callable")
+    return fn  # type: ignore[return-value]
+
+
+# threads running or heartbeating a job in this process, so that several in-process workers
+# (tests, notebooks) do not collect each other's log lines
+_JOB_THREADS: set[int] = set()
+
+
+class _JobLogHandler(logging.Handler):
+    """Buffers the log records emitted while a job runs; the heartbeat thread ships them."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=5000)
+        self.threads: set[int] = set()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread not in self.threads and record.thread in _JOB_THREADS:
+            return  # another in-process worker's job
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # never let logging break a run
+            pass
+
+    def drain(self) -> list[str]:
+        out = []
+        while self.lines:
+            try:
+                out.append(self.lines.popleft())
+            except IndexError:
+                break
+        return out
+
+
+class _Run:
+    """Flags of the job being run, shared with the heartbeat thread."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self.done = threading.Event()
+        self.logs = _JobLogHandler()
+
+
+class Worker:
+    """Takes jobs off a :class:`JobQueue` and runs them, one at a time.
+
+    ``run_fn(job, should_stop) -> result dict`` defaults to :func:`train_run_fn`.
+    ``heartbeat_seconds`` defaults to a third of the lease (at most 5 s). ``until_empty``: exit
+    when nothing is ready, no retry is waiting out its backoff and no job is running anywhere
+    (a running job may still fail and be retried, lose its lease, or release staged children,
+    so the worker keeps polling while any runs). ``max_jobs``: exit after that many jobs.
+    """
+
+    def __init__(self, queue: JobQueue, run_fn: RunFn | None = None, worker_id: str | None = None,
+                 *, lease_seconds: float = 30.0, heartbeat_seconds: float | None = None,
+                 poll_interval: float = 1.0, max_jobs: int | None = None, until_empty: bool = False,
+                 ray_address: str | None = None, redis_backoff_cap: float = 30.0,
+                 report_timeout: float | None = None) -> None:
+        if lease_seconds <= 0:
+            raise QueueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self.queue = queue
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_seconds = float(heartbeat_seconds or min(5.0, self.lease_seconds / 3))
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise QueueError("heartbeat_seconds must be shorter than lease_seconds")
+        self.poll_interval = float(poll_interval)
+        self.max_jobs = max_jobs
+        self.until_empty = until_empty
+        self.ray_address = ray_address
+        self.redis_backoff_cap = redis_backoff_cap
+        self.report_timeout = report_timeout or max(60.0, 4 * self.lease_seconds)
+        self.run_fn: RunFn = run_fn or self._default_run_fn
+        self.processed = 0
+        self.outcomes: list[tuple[str, str]] = []  # (job id, outcome) of this worker's jobs
+        self._stop = threading.Event()
+        self._redis_down = False
+        self._current: _Run | None = None
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Finish (or interrupt) the current job and leave the loop."""
+        if not self._stop.is_set():
+            log.info("worker %s: %s; stopping", self.id, reason)
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    # ------------------------------------------------------------------ redis with backoff
+    def _call(self, fn: Callable[[], Any], *, deadline: float | None = None,
+              stop_on_request: bool = False) -> Any:
+        """Run a queue call, retrying with capped exponential backoff while Redis is down."""
+
+        def on_retry(delay: float, err: Exception) -> None:
+            self._redis_down = True
+            log.warning("redis unavailable, retrying in %.1fs (%s)", delay, err)
+
+        def give_up() -> bool:
+            if stop_on_request and self._stop.is_set():
+                return True
+            return deadline is not None and time.monotonic() > deadline
+
+        out = self.queue.call_with_retry(fn, base=0.5, cap=self.redis_backoff_cap,
+                                         on_retry=on_retry, should_stop=give_up)
+        if self._redis_down:
+            self._redis_down = False
+            log.info("redis reachable again at %s", self.queue.safe_url)
+        return out
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        """Work until stopped (signal, ``max_jobs``, ``until_empty``); returns jobs handled."""
+        installed: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                installed[sig] = signal.signal(sig, self._on_signal)
+        log.info("worker %s started on %s (prefix %s, lease %.0fs)", self.id, self.queue.safe_url,
+                 self.queue.prefix, self.lease_seconds)
+        try:
+            while not self._stop.is_set():
+                if self.max_jobs is not None and self.processed >= self.max_jobs:
+                    log.info("worker %s: handled %d job(s) (--max-jobs); exiting", self.id, self.processed)
+                    break
+                try:
+                    job = self._call(self._reap_and_claim, stop_on_request=True)
+                except RedisUnavailable:
+                    break  # stopping while Redis is down
+                if job is None:
+                    if self.until_empty and self._drained():
+                        log.info("worker %s: queue is empty; exiting", self.id)
+                        break
+                    self._stop.wait(self.poll_interval)
+                    continue
+                self.execute(job)
+                self.processed += 1
+        finally:
+            for sig, old in installed.items():
+                signal.signal(sig, old)
+        log.info("worker %s stopped after %d job(s)", self.id, self.processed)
+        return self.processed
+
+    def _reap_and_claim(self) -> Job | None:
+        reaped = self.queue.reap()
+        if reaped:
+            log.warning("reaped expired lease(s): %s", ", ".join(reaped))
+        return self.queue.claim(self.id, self.lease_seconds)
+
+    def _drained(self) -> bool:
+        try:
+            p = self._call(self.queue.pending, stop_on_request=True)
+        except RedisUnavailable:
+            return False
+        return p["ready"] == 0 and p["delayed"] == 0 and p["running"] == 0
+
+    # ------------------------------------------------------------------ one job
+    def execute(self, job: Job) -> str:
+        """Run one claimed job under a heartbeat and report its outcome; returns the outcome
+        (``succeeded``, ``queued`` (retry), ``failed``, ``cancelled``, ``released``, ``lost``)."""
+        run = _Run(job)
+        self._current = run
+        root = logging.getLogger()
+        root.addHandler(run.logs)
+        hb = threading.Thread(target=self._heartbeat_loop, args=(run,), name=f"heartbeat-{job.id}",
+                              daemon=True)
+        me = threading.get_ident()
+        run.logs.threads.add(me)
+        _JOB_THREADS.add(me)
+        log.info("job %s (%s %s, attempt %d of %d) started on worker %s", job.id, job.name,
+                 job.variant, job.attempts, job.max_attempts, self.id)
+        hb.start()
+        if hb.ident is not None:
+            run.logs.threads.add(hb.ident)
+            _JOB_THREADS.add(hb.ident)
+
+        def should_stop() -> bool:
+            return self._stop.is_set() or run.cancel.is_set() or run.lost.is_set()
+
+        result: Any = None
+        exc: BaseException | None = None
+        t0 = time.monotonic()
+        try:
+            result = self.run_fn(job, should_stop)
+        except BaseException as e:  # noqa: BLE001 - every outcome is reported to the queue
+            exc = e
+        finally:
+            run.done.set()
+            hb.join(timeout=self.heartbeat_seconds + 15)
+        try:
+            outcome = self._report(run, result, exc, time.monotonic() - t0)
+        finally:
+            root.removeHandler(run.logs)
+            _JOB_THREADS.difference_update(run.logs.threads)
+            self._flush_logs(run)
+            self._current = None
+        self.outcomes.append((job.id, outcome))
+        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        return outcome
+
+    def _report(self, run: _Run, result: Any, exc: BaseException | None, seconds: float) -> str:
+        job, q = run.job, self.queue
+        deadline = time.monotonic() + self.report_timeout
+        try:
+            if run.lost.is_set():
+                log.warning("job %s: lease lost (another worker owns it now); outcome discarded", job.id)
+                return "lost"
+            if run.cancel.is_set():
+                reason = "cancelled while running"
+                self._call(lambda: q.ack_cancel(job.id, self.id, reason), deadline=deadline)
+                log.info("job %s cancelled after %.1fs", job.id, seconds)
+                return "cancelled"
+            if exc is None:
+                if not isinstance(result, dict):
+                    result = {"value": result}
+                self._call(lambda: q.complete(job.id, self.id, result), deadline=deadline)
+                log.info("job %s succeeded in %.1fs", job.id, seconds)
+                return "succeeded"
+            if is_interruption(exc) or isinstance(exc, SystemExit) or self._stop.is_set():
+                out = self._call(lambda: q.release(job.id, self.id, f"worker {self.id} stopping"),
+                                 deadline=deadline)
+                log.info("job %s released back to the queue (%s)", job.id,
+                         "worker stopping" if self._stop.is_set() else type(exc).__name__)
+                return "cancelled" if out == "cancelled" else "released"
+            err = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            tail = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+            retryable = is_retryable(exc)
+            state = self._call(lambda: q.fail(job.id, self.id, err, tail, retryable=retryable),
+                               deadline=deadline)
+            if state == "queued":
+                log.warning("job %s failed (attempt %d of %d), will be retried: %s", job.id,
+                            job.attempts, job.max_attempts, err)
+            else:
+                log.error("job %s %s: %s", job.id, state, err)
+            return state
+        except LeaseLost:
+            log.warning("job %s: lease lost before the outcome could be recorded; discarded", job.id)
+            return "lost"
+        except RedisUnavailable as e:
+            log.error("job %s: could not record the outcome (%s); its lease will expire and the "
+                      "job will run again", job.id, e)
+            return "lost"
+
+    def _heartbeat_loop(self, run: _Run) -> None:
+        job = run.job
+        while not run.done.wait(self.heartbeat_seconds):
+            try:
+                status = self.queue.heartbeat(job.id, self.id, self.lease_seconds)
+                if self._redis_down:
+                    self._redis_down = False
+                    log.info("redis reachable again at %s", self.queue.safe_url)
+            except RedisUnavailable as e:
+                self._redis_down = True
+                log.warning("redis unavailable, retrying in %.1fs (%s)", self.heartbeat_seconds, e)
+                continue
+            except Exception as e:  # noqa: BLE001 - keep heartbeating
+                log.warning("heartbeat of job %s failed: %s", job.id, e)
+                continue
+            if status == "cancel" and not run.cancel.is_set():
+                log.info("job %s: cancel requested; stopping the run", job.id)
+                run.cancel.set()
+            elif status == "lost" and not run.lost.is_set():
+                log.warning("job %s: lease lost; stopping the run", job.id)
+                run.lost.set()
+            self._flush_logs(run)
+
+    def _flush_logs(self, run: _Run) -> None:
+        lines = run.logs.drain()
+        if not lines:
+            return
+        try:
+            self.queue.append_logs(run.job.id, lines)
+        except QueueError:
+            for line in reversed(lines):  # keep them for the next try
+                run.logs.lines.appendleft(line)
+
+    # ------------------------------------------------------------------ default job function
+    def _default_run_fn(self, job: Job, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        from fcn_dist import config
+
+        run_dir = job.run_dir or str(config.runs_path() / job.id)
+        if not job.run_dir:
+            self._call(lambda: self.queue.set_run_dir(job.id, run_dir), stop_on_request=True)
+        return train_run_fn(job, should_stop, ray_address=self.ray_address, run_dir=run_dir)
