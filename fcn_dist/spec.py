@@ -28,6 +28,7 @@ SCHEDULES = ("poly", "cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 UPSAMPLE_MODES = ("learned", "fixed", "interp")
 CLASS_WEIGHTS = ("none", "median_frequency")
+DATA_LOADERS = ("auto", "ray", "torch")
 MAX_SPEC_BYTES = 64 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -59,7 +60,9 @@ class JobSpec:
     amp: str = "auto"  # auto | off | bf16 | fp16
     num_workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: str = "auto"  # auto | true | false
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # null = auto: CPU runs share half the cluster's CPUs
+    #   between the workers (fractional, e.g. 0.5; the rest feeds Ray Data), GPU runs take
+    #   min(8, CPUs / (2 x workers)); see fcn_dist.train.trainer.resolve_resources
     gpus_per_worker: float = 1.0  # used only when GPUs are used
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (bitwise-repeatable CPU runs)
@@ -67,6 +70,11 @@ class JobSpec:
     steps_per_epoch: int | None = None  # cap train steps per epoch (smoke tests); null = all
     eval_batch_size: int | None = None  # null = batch_size
     store: str | None = None  # results store; null = FCN_STORE; relative paths under it
+    checkpoints_to_keep: int = 1  # best checkpoints kept by val mIoU; the latest is always kept too
+    data_loader: str = "auto"  # ray (Ray Data streaming split) | torch (seeded, bitwise-repeatable
+    #   order read from the shards) | auto (torch when deterministic, else ray)
+    val_split: str | None = None  # split validated every epoch; null = "val"
+    test_split: str | None = None  # split the best checkpoint is scored on; null = "test" if any, else val
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -171,13 +179,19 @@ class JobSpec:
         _choice("upsample", self.upsample, UPSAMPLE_MODES, bad)
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS, bad)
         _choice("use_gpu", self.use_gpu, ("auto", "true", "false"), bad)
+        _choice("data_loader", self.data_loader, DATA_LOADERS, bad)
+        for fld in ("val_split", "test_split"):
+            v = getattr(self, fld)
+            if v is not None and not _NAME_RE.match(v):
+                raise bad(fld, f"{v!r} must match [A-Za-z0-9_.-]{{1,64}}")
         from fcn_dist.models import list_backbones
 
         if self.backbone not in list_backbones():
             raise bad("backbone", f"unknown backbone {self.backbone!r}; choose from {', '.join(list_backbones())}")
         if not self.data or "\x00" in self.data:
             raise bad("data", "must be a non-empty path")
-        for fld, lo in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_failures", 0)):
+        for fld, lo in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_failures", 0),
+                        ("checkpoints_to_keep", 1)):
             v = getattr(self, fld)
             if v < lo:
                 raise bad(fld, f"must be >= {lo}, got {v}")
@@ -197,7 +211,7 @@ class JobSpec:
             raise bad("warmup_epochs", f"must be in [0, epochs), got {self.warmup_epochs}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise bad("grad_clip", "must be > 0 or null")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
+        if (self.cpus_per_worker is not None and self.cpus_per_worker <= 0) or self.gpus_per_worker <= 0:
             raise bad("cpus_per_worker/gpus_per_worker", "must be > 0")
         for fld in ("crop_size", "eval_size"):
             v = getattr(self, fld)
