@@ -1,0 +1,100 @@
+"""Ray Data pipeline over prepared shards: ``load(dir, split, ...) -> ray.data.Dataset``.
+
+``read_parquet`` reads the split's shard files (as listed in the manifest, after the cheap
+size/row-count check); ``map_batches`` decodes the JPEG/PNG bytes and applies the paired
+transform per row. Every output batch has fixed-size tensors, so training workers can call
+``ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=...)`` directly:
+
+- ``mode="train"``: random scale, crop/pad to ``crop_size`` (label padding = ignore index),
+  horizontal flip, mild colour jitter. The random stream is seeded from ``seed``, the batch's
+  first id and a per-process call counter: reproducible for a given execution order, and a new
+  augmentation each epoch. Block order is randomised (``randomize_block_order(seed)``); for
+  row-level mixing pass ``local_shuffle_buffer_size`` to ``iter_torch_batches``.
+- ``mode="eval"``: resize to ``eval_size`` (or ``crop_size`` when ``eval_size`` is None: batches
+  must have one size; use :class:`~fcn_dist.data.ShardDataset` to score at original size).
+
+Columns: ``image`` float32 (N, 3, H, W) ImageNet-normalised, ``label`` int64 (N, H, W).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fcn_dist.data.shards import decode_image_array, decode_label, read_manifest, verify
+from fcn_dist.errors import DataError
+
+_CALLS = itertools.count()  # per-process batch counter: fresh augmentation every epoch
+
+
+def _size2(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = list(v)
+    if len(v) != 2 or min(v) < 1:
+        raise DataError(f"size must be (height, width), got {v}")
+    return (int(v[0]), int(v[1]))
+
+
+def transform_batch(
+    batch: dict[str, np.ndarray], *, mode: str, crop_size: tuple[int, int], eval_size: tuple[int, int] | None,
+    ignore_index: int, seed: int | None,
+) -> dict[str, np.ndarray]:
+    """Decode + transform one numpy batch of shard rows -> ``{"image", "label"}`` arrays."""
+    import torch
+
+    from fcn_dist.data.transforms import eval_transform, train_transform
+
+    torch.set_num_threads(1)  # many small tasks on few cores: no intra-op oversubscription
+    t = train_transform(crop_size, ignore_index) if mode == "train" else eval_transform(eval_size or crop_size)
+    images, labels = [], []
+    ids = [str(i) for i in batch["id"]]
+    with torch.random.fork_rng(devices=[]):
+        if mode == "train":
+            key = f"{seed}:{ids[0] if ids else ''}:{next(_CALLS)}:{os.getpid() if seed is None else 0}"
+            torch.manual_seed(zlib.crc32(key.encode()))
+        for img_b, lab_b in zip(batch["image"], batch["label"]):
+            img, lab = t(decode_image_array(img_b), decode_label(lab_b))
+            images.append(img.numpy())
+            labels.append(lab.numpy())
+    return {"image": np.stack(images).astype(np.float32), "label": np.stack(labels).astype(np.int64)}
+
+
+def load(
+    path: str | os.PathLike,
+    split: str,
+    *,
+    mode: str = "train",
+    crop_size: int | Sequence[int] = (256, 256),
+    eval_size: int | Sequence[int] | None = None,
+    seed: int | None = 0,
+    sha256: bool = False,
+    batch_size: int = 16,
+    num_cpus: float = 0.5,
+) -> Any:
+    """A ``ray.data.Dataset`` of one split, decoded and transformed for ``mode`` ("train" or
+    "eval"); see the module doc. ``batch_size``/``num_cpus`` tune the ``map_batches`` stage."""
+    import ray.data
+
+    if mode not in ("train", "eval"):
+        raise DataError(f"mode must be 'train' or 'eval', got {mode!r}")
+    m = read_manifest(path)
+    verify(m, split, sha256=sha256)
+    files = [str(p) for p in m.shard_paths(split)]
+    if not files:
+        raise DataError(f"{m.root}: split {split!r} has no rows")
+    ds = ray.data.read_parquet(files).select_columns(["id", "image", "label"])
+    if mode == "train":
+        ds = ds.randomize_block_order(seed=seed)
+    fn = functools.partial(
+        transform_batch, mode=mode, crop_size=_size2(crop_size),
+        eval_size=_size2(eval_size) if eval_size is not None else None,
+        ignore_index=m.ignore_index, seed=seed,
+    )
+    return ds.map_batches(fn, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus)
