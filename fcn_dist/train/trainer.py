@@ -1,0 +1,440 @@
+"""One training job on Ray Train: ``run(spec) -> result summary``.
+
+``run`` builds a ``TorchTrainer`` around :func:`fcn_dist.train.loop.train_loop_per_worker`:
+
+- ``ScalingConfig``: ``spec.num_workers`` workers; GPUs when ``use_gpu`` is ``true``, or
+  ``auto`` and the Ray cluster has them; ``cpus_per_worker`` null (the default) means: on GPU
+  runs ``min(8, cluster CPUs / (2 * workers))``, on CPU runs half the cluster's CPUs shared by
+  the workers (at least 0.25 each) — the other half stays free for the Ray Data read/transform
+  tasks that feed them. A CPU-only trainer that takes every CPU starves Ray Data and hangs.
+- ``RunConfig(name=<run dir name>, storage_path=<its parent>)``: Ray Train V2 (the default in
+  Ray 2.60) restores a run from that pair, so re-running a run dir resumes from its latest
+  checkpoint; ``CheckpointConfig(num_to_keep=spec.checkpoints_to_keep, score = val mIoU)``
+  keeps the best checkpoints, and Ray Train V2 never deletes the latest one, so best and latest
+  are both on disk; ``FailureConfig(max_failures)`` restarts failed workers from the latest.
+- ``should_stop`` is polled by a driver thread; when it turns True a ``STOP`` file appears in
+  the run dir, rank 0 sees it within one step, every rank stops at the same step, a checkpoint
+  that resumes at that step is saved and :class:`Interrupted` is raised here.
+- After training, the best checkpoint is scored on the test split (the val split when there is
+  none) at the labels' original resolution in a Ray task (GPU when training used GPUs), and the
+  run row goes to the results store. Epoch rows are written by rank 0 during training.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from fcn_dist.errors import FcnError, SpecError, TrainingError
+from fcn_dist.train.loop import SCORE_ATTRIBUTE, STOP_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def _interrupted_base() -> type[Exception]:
+    """The queue's ``Interrupted`` when the queue package is importable, else ``Exception``."""
+    try:
+        from fcn_dist.queue.worker import Interrupted as QueueInterrupted
+
+        return QueueInterrupted
+    except Exception:  # noqa: BLE001 - the queue is optional for training
+        return Exception
+
+
+class Interrupted(_interrupted_base()):  # type: ignore[misc]
+    """The run stopped because ``should_stop()`` returned True; its checkpoint is saved and
+    calling :func:`run` again with the same ``run_dir`` resumes it."""
+
+
+# --------------------------------------------------------------------------- resources
+def resolve_resources(spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float]]:
+    """``(use_gpu, resources_per_worker)`` for ``spec`` on a cluster with ``cluster`` resources."""
+    gpus = float(cluster.get("GPU", 0.0))
+    cpus = float(cluster.get("CPU", 1.0))
+    n = spec.num_workers
+    if spec.use_gpu == "true":
+        if gpus <= 0:
+            raise SpecError("use_gpu: true, but the Ray cluster has no GPU")
+        use_gpu = True
+    elif spec.use_gpu == "false":
+        use_gpu = False
+    else:
+        use_gpu = gpus >= n * spec.gpus_per_worker
+    if spec.cpus_per_worker is not None:
+        cpw = float(spec.cpus_per_worker)
+    elif use_gpu:
+        cpw = max(1.0, min(8.0, math.floor(cpus / (2 * n))))
+    else:
+        cpw = max(0.25, math.floor(4 * cpus / (2 * n)) / 4)  # multiple of 0.25
+    if n * cpw > cpus + 1e-9:
+        raise SpecError(f"num_workers x cpus_per_worker = {n} x {cpw} CPUs, but the Ray cluster has "
+                        f"{cpus:g}; lower them (fractional CPUs such as 0.5 are fine)")
+    res = {"CPU": cpw}
+    if use_gpu:
+        res["GPU"] = float(spec.gpus_per_worker)
+        if n * spec.gpus_per_worker > gpus + 1e-9:
+            raise SpecError(f"num_workers x gpus_per_worker = {n} x {spec.gpus_per_worker} GPUs, "
+                            f"but the Ray cluster has {gpus:g}")
+    return use_gpu, res
+
+
+def median_frequency_weights(data_dir: str | Path, split: str = "train") -> list[float]:
+    """Median-frequency class weights (Eigen & Fergus): ``median(f) / f_c`` where ``f_c`` is the
+    pixel count of class c divided by the pixel count of the images where c is present."""
+    import numpy as np
+
+    from fcn_dist.data import ShardDataset
+
+    ds = ShardDataset(data_dir, split)
+    k = ds.manifest.num_classes
+    counts = np.zeros(k, dtype=np.float64)
+    present = np.zeros(k, dtype=np.float64)
+    for i in range(len(ds)):
+        _, lab = ds.raw(i)
+        lab = np.asarray(lab).ravel()
+        valid = lab[(lab >= 0) & (lab < k)]
+        c = np.bincount(valid.astype(np.int64), minlength=k)[:k]
+        counts += c
+        present += (c > 0) * valid.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        freq = np.where(present > 0, counts / np.maximum(present, 1), 0.0)
+    seen = freq > 0
+    if not seen.any():
+        return [1.0] * k
+    med = float(np.median(freq[seen]))
+    return [float(med / f) if f > 0 else 1.0 for f in freq]
+
+
+# --------------------------------------------------------------------------- final evaluation
+def evaluate_checkpoint(path: str | Path, data_dir: str | Path, split: str, *, batch_size: int = 8,
+                        amp: str = "off", device: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+    """Score a checkpoint on ``split`` against labels at their ORIGINAL resolution.
+
+    Images are resized to the checkpoint's ``eval_size``, the logits are upsampled bilinearly
+    back to each image's original size and compared with the untouched label map. Returns the
+    metrics of :func:`fcn_dist.train.metrics.summarize` plus ``confusion_matrix``, ``images``,
+    ``params`` and ``gflops_per_image`` (one forward at the eval size).
+    """
+    import numpy as np
+    import torch
+
+    from fcn_dist.data import ShardDataset
+    from fcn_dist.predict import Segmenter
+    from fcn_dist.train import metrics as M
+    from fcn_dist.train.loop import resolve_amp
+
+    seg = Segmenter.from_checkpoint(path, device=device)
+    amp_dtype, _ = resolve_amp(amp, seg.device)
+    seg.amp_dtype = amp_dtype
+    ds = ShardDataset(data_dir, split)
+    k = seg.num_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    for start in range(0, n, batch_size):
+        raws = [ds.raw(i) for i in range(start, min(n, start + batch_size))]
+        preds = seg.predict_batch([im for im, _ in raws])
+        for pred, (_, lab) in zip(preds, raws):
+            cm += M.confusion_matrix_numpy(pred, lab, k, seg.ignore_index)
+    out = M.summarize(cm, seg.classes)
+    out["confusion_matrix"] = cm.tolist()
+    out["images"] = n
+    out["split"] = split
+    out["params"] = int(sum(p.numel() for p in seg.model.parameters()))
+    out["gflops_per_image"] = gflops(seg.model, seg.eval_size or [256, 256])
+    return out
+
+
+def gflops(model, size) -> float:
+    """Forward GFLOPs of ``model`` for one image of ``size`` (h, w) (torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, int(size[0]), int(size[1]), device=p.device, dtype=p.dtype)
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    model.train(was)
+    return fc.get_total_flops() / 1e9
+
+
+# --------------------------------------------------------------------------- the run
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def default_run_dir(spec, job_id: str | None) -> Path:
+    """``<runs>/<job_id>-<variant>`` for queue jobs (stable: a retried job resumes), else
+    ``<runs>/<name>-<variant>-<UTC time>`` (a fresh run each time)."""
+    from fcn_dist import config
+
+    if job_id:
+        name = f"{job_id}-{spec.variant}"
+    else:
+        name = f"{spec.name}-{spec.variant}-{_now().strftime('%Y%m%dT%H%M%S%f')}"
+    return config.runs_path() / name
+
+
+def _failure_message(err: BaseException) -> tuple[type[FcnError], str]:
+    """The user-facing error class and message hidden inside a Ray TrainingFailedError."""
+    seen: list[BaseException] = []
+    stack: list[BaseException] = [err]
+    failures = getattr(err, "worker_failures", None) or {}
+    stack.extend(failures.values())
+    ctrl = getattr(err, "controller_failure", None)
+    if ctrl is not None:
+        stack.append(ctrl)
+    while stack:
+        e = stack.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        if isinstance(e, FcnError):
+            return type(e), str(e)
+        cause = getattr(e, "cause", None)
+        for nxt in (cause, e.__cause__, e.__context__):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    first = next(iter(failures.values()), err)
+    msg = str(first).strip().splitlines()
+    text = next((line for line in reversed(msg) if line.strip()), type(first).__name__)
+    return TrainingError, f"training failed: {text[:500]}"
+
+
+def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
+        init_from: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
+        ray_address: str | None = None) -> dict[str, Any]:
+    """Run one training job on Ray Train; return the JSON-able result summary.
+
+    ``run_dir`` holding checkpoints resumes from the latest. ``init_from`` (or ``spec.init_from``)
+    is the previous stage's checkpoint (staged 32s -> 16s -> 8s). ``should_stop()`` turning True
+    saves a checkpoint and raises :class:`Interrupted`. A non-finite loss raises
+    :class:`~fcn_dist.errors.TrainingError` naming epoch and step. ``ray_address``: an existing
+    cluster (else ``RAY_ADDRESS``, else a local Ray started here).
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn_dist.data import read_manifest, verify
+    from fcn_dist.store import ResultsStore
+
+    started = _now()
+    data_dir = spec.data_dir()
+    manifest = read_manifest(data_dir)
+    if "train" not in manifest.splits:
+        raise SpecError(f"data: {data_dir} has no train split (splits: {', '.join(manifest.splits)})")
+    val_split = spec.val_split or ("val" if "val" in manifest.splits else None)
+    if val_split is None or val_split not in manifest.splits:
+        raise SpecError(f"data: {data_dir} has no {val_split or 'val'!r} split for validation "
+                        f"(splits: {', '.join(manifest.splits)}); set val_split")
+    test_split = spec.test_split or ("test" if "test" in manifest.splits else val_split)
+    if test_split not in manifest.splits:
+        raise SpecError(f"test_split: {data_dir} has no {test_split!r} split")
+    for split in {"train", val_split, test_split}:
+        verify(manifest, split)  # a truncated/missing shard fails here, named, before Ray starts
+
+    run_path = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(spec, job_id)
+    run_id = run_path.name
+    init_from = init_from or spec.init_from
+    if init_from:
+        ip = Path(init_from).expanduser()
+        if not (ip / "model.pt").is_file() and not (ip.is_file() and ip.suffix == ".pt"):
+            raise SpecError(f"init_from: {init_from} is not a checkpoint directory (no model.pt)")
+        init_from = str(ip.resolve())
+    store_dir = spec.store_dir()
+    store = ResultsStore(store_dir)
+    done = _existing_run(store, run_id)
+    if done is not None:  # finished before (e.g. the driver died after writing): do not redo
+        log.info("run %s already finished; returning its stored result", run_id)
+        return done
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None,
+                 log_to_driver=False, configure_logging=False)
+    use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
+    world = spec.num_workers
+    n_train = manifest.splits["train"]
+    per_rank = n_train // world
+    if per_rank < 1:
+        raise SpecError(f"num_workers: {world} workers but the train split has {n_train} images")
+    steps = math.ceil(per_rank / spec.batch_size)
+    if spec.steps_per_epoch is not None:
+        steps = min(steps, spec.steps_per_epoch)
+    data_loader = spec.data_loader
+    if data_loader == "auto":
+        data_loader = "torch" if spec.deterministic else "ray"
+
+    run_path.mkdir(parents=True, exist_ok=True)
+    class_weights = None
+    if spec.class_weights == "median_frequency":
+        cw_file = run_path / "class_weights.json"
+        if cw_file.is_file():
+            class_weights = json.loads(cw_file.read_text())
+        else:
+            class_weights = median_frequency_weights(data_dir)
+            cw_file.write_text(json.dumps(class_weights))
+    stop_file = run_path / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+
+    loop_config = {
+        "spec": spec.to_dict(), "run_id": run_id, "job_id": job_id, "run_dir": str(run_path),
+        "data_dir": str(data_dir), "store_dir": str(store_dir), "dataset": data_dir.name,
+        "num_classes": manifest.num_classes, "classes": list(manifest.classes),
+        "palette": manifest.palette, "ignore_index": manifest.ignore_index,
+        "val_split": val_split, "steps_per_epoch": steps, "data_loader": data_loader,
+        "init_from": init_from, "class_weights": class_weights,
+    }
+    datasets = None
+    if data_loader == "ray":
+        from fcn_dist.data import load
+
+        datasets = {"train": load(data_dir, "train", mode="train", crop_size=spec.crop_size,
+                                  seed=spec.seed, batch_size=max(4, spec.batch_size))}
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if spec.deterministic else {}
+    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=str(run_path.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
+                                               checkpoint_score_attribute=SCORE_ATTRIBUTE,
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
+    )
+
+    watcher = _StopWatcher(should_stop, stop_file) if should_stop is not None else None
+    t0 = time.perf_counter()
+    try:
+        try:
+            result = trainer.fit()
+        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; surface the real one
+            if isinstance(e, FcnError):
+                raise
+            cls, msg = _failure_message(e)
+            raise cls(f"run {run_id}: {msg}") from None
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        stop_file.unlink(missing_ok=True)
+    wall = time.perf_counter() - t0
+
+    rv = result.return_value or {}
+    status = rv.get("status")
+    if status == "failed":
+        raise TrainingError(f"run {run_id}: {rv.get('error')}")
+    if status == "stopped":
+        raise Interrupted(f"run {run_id} stopped at epoch {rv.get('epoch')}; its checkpoint is in "
+                          f"{run_path} and running it again resumes there")
+    if status != "completed":
+        raise TrainingError(f"run {run_id}: training ended without a result ({rv!r})")
+
+    best_path, best_metrics = _best_checkpoint(result)
+    if best_path is None:
+        raise TrainingError(f"run {run_id}: no checkpoint was saved")
+    task = ray.remote(evaluate_checkpoint).options(
+        num_cpus=min(resources["CPU"], 1.0) if not use_gpu else resources["CPU"],
+        num_gpus=1 if use_gpu else 0,
+        runtime_env={"env_vars": env} if env else None,
+    )
+    ev = ray.get(task.remote(best_path, str(data_dir), test_split,
+                             batch_size=spec.eval_batch_size or spec.batch_size, amp=spec.amp))
+    finished = _now()
+    row = {
+        "run_id": run_id, "job_id": job_id, "variant": spec.variant, "backbone": spec.backbone,
+        "dataset": data_dir.name, "name": spec.name, "status": "succeeded",
+        "miou": ev["miou"], "pixel_accuracy": ev["pixel_accuracy"],
+        "mean_accuracy": ev["mean_accuracy"], "fwiou": ev["fwiou"],
+        "per_class_iou": ev["per_class_iou"], "class_names": list(manifest.classes),
+        "confusion_matrix": ev["confusion_matrix"], "num_classes": manifest.num_classes,
+        "params": ev["params"], "gflops_per_image": ev["gflops_per_image"],
+        "epochs": int(rv.get("epoch", spec.epochs)), "best_epoch": int(best_metrics.get("epoch", 0)),
+        "best_val_miou": float(best_metrics.get(SCORE_ATTRIBUTE, math.nan)),
+        "train_seconds": float(rv.get("train_seconds", wall)),
+        "images_per_second": float(rv.get("images_per_second", 0.0)),
+        "world_size": world, "device": rv.get("device", "cuda" if use_gpu else "cpu"),
+        "best_checkpoint": best_path, "run_dir": str(run_path), "spec": spec.to_json(),
+        "started_at": started, "finished_at": finished,
+    }
+    store.write_run(row)
+    return _summary_from_row(row, test_split=test_split)
+
+
+def _best_checkpoint(result) -> tuple[str | None, dict[str, Any]]:
+    """Path and metrics of the best complete-epoch checkpoint Ray kept (by val mIoU)."""
+    best: tuple[str | None, dict[str, Any]] = (None, {})
+    best_score = -math.inf
+    for ckpt, metrics in result.best_checkpoints or []:
+        if metrics.get("partial"):
+            continue
+        score = float(metrics.get(SCORE_ATTRIBUTE, -math.inf))
+        if score > best_score or (score == best_score and metrics.get("epoch", 0) > best[1].get("epoch", 0)):
+            best, best_score = (ckpt.path, dict(metrics)), score
+    if best[0] is None and result.checkpoint is not None:
+        best = (result.checkpoint.path, dict(result.metrics or {}))
+    return best
+
+
+def _summary_from_row(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keys = ("run_id", "job_id", "variant", "backbone", "dataset", "status", "miou", "pixel_accuracy",
+            "mean_accuracy", "fwiou", "best_checkpoint", "run_dir", "train_seconds", "best_epoch",
+            "best_val_miou", "images_per_second", "epochs", "params", "gflops_per_image")
+    out = {k: row.get(k) for k in keys}
+    pci = row.get("per_class_iou")
+    out["per_class_iou"] = json.loads(pci) if isinstance(pci, str) else pci
+    out.update(extra)
+    from fcn_dist.train.metrics import nan_to_none
+
+    return nan_to_none(out)
+
+
+def _existing_run(store, run_id: str) -> dict[str, Any] | None:
+    """The summary of an already written, succeeded run row for ``run_id``, if any."""
+    try:
+        t = store.runs(filters={"run_id": run_id})
+    except Exception:  # noqa: BLE001 - an empty/new store
+        return None
+    rows = [r for r in t.to_pylist() if r.get("status") == "succeeded"]
+    return _summary_from_row(rows[-1]) if rows else None
+
+
+class _StopWatcher:
+    """Polls ``should_stop()`` in a thread; when True, drops the STOP file the workers watch."""
+
+    def __init__(self, should_stop: Callable[[], bool], stop_file: Path, interval: float = 0.5):
+        self._fn, self._file, self._interval = should_stop, stop_file, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="fcn-stop-watcher", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                if self._fn():
+                    self._file.write_text("stop requested\n")
+                    return
+            except Exception:  # noqa: BLE001 - a broken callback must not kill the run
+                log.exception("should_stop() raised; ignoring")
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
