@@ -224,3 +224,7 @@ def events(ctx: click.Context, count: int, job_id: str | None) -> None:
         who = f" [{e['worker']}]" if e.get("worker") else ""
         click.echo(f"{_ts(t)}  {e['job']}  {e.get('from') or '-'} -> {e.get('to')}  "
                    f"{e.get('event')}{who}: {e.get('reason')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,15 +57,15 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     from fcn_dist.spec import load_spec
 
     variants = parse_variants(variant)
-    spec = load_spec(spec_path, overrides, variant=variants[0], backbone=backbone)
-    specs_ok = [spec.replace(variant=v) for v in variants]  # validate every variant up front
-    del specs_ok
     q = JobQueue(redis_url, prefix=prefix)
 
     def warn(delay: float, err: Exception) -> None:
-        click.echo(f"redis unavailable, retrying in {delay:.1f}s", err=True)
+        click.echo(f"redis unavailable, retrying in {delay:.1f}s ({err})", err=True)
 
-    q.call_with_retry(q.ping, attempts=4, base=0.5, on_retry=warn)
+    q.call_with_retry(q.ping, attempts=3, base=0.5, on_retry=warn)
+    spec = load_spec(spec_path, overrides, variant=variants[0], backbone=backbone)
+    for v in variants[1:]:
+        spec.replace(variant=v)  # validate every variant up front
     subs = q.call_with_retry(
         lambda: q.submit_variants(spec, variants, staged=staged, priority=priority,
                                   max_attempts=max_attempts, force=force),
@@ -79,3 +79,7 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     summary = ", ".join(f"{s.variant} {s.id} ({s.state}{'' if s.created else ', already submitted'})"
                         for s in subs)
     click.echo(f"submitted {spec.name}: {summary}", err=True)
+
+
+if __name__ == "__main__":
+    main()

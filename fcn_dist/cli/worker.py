@@ -51,3 +51,7 @@ def main(redis_url: str | None, prefix: str, ray_address: str | None, until_empt
                poll_interval=poll_interval, max_jobs=max_jobs, until_empty=until_empty,
                ray_address=ray_address)
     w.run()
+
+
+if __name__ == "__main__":
+    main()

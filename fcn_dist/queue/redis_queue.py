@@ -77,6 +77,7 @@ staged chains), `init_from` (the parent's `best_checkpoint`, set when the parent
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -800,12 +801,16 @@ class JobQueue:
         each job waits for the previous one and starts from its best checkpoint."""
         order = {"32s": 0, "16s": 1, "8s": 2}
         variants = list(dict.fromkeys(variants))
+        unknown = [v for v in variants if v not in order]
+        if unknown:
+            raise QueueError(f"unknown variant(s) {', '.join(unknown)}; choose from 32s, 16s, 8s")
         if staged:
             variants.sort(key=lambda v: order.get(v, 99))
         subs: list[Submission] = []
         parent: str | None = None
         for i, v in enumerate(variants):
-            s = spec.replace(variant=v) if spec.variant != v else spec
+            # only the variant changes, and it is valid: no need to re-validate the whole spec
+            s = dataclasses.replace(spec, variant=v)
             chain = ""
             if staged and parent is not None:
                 chain = f"after:{parent}"  # a new parent job means a new chain
