@@ -1,8 +1,9 @@
 """Parquet results-store benchmark: write latency per epoch row, compare time over a big store.
 
-Writes N runs (default 10,000) with E epochs each (default 10 -> 100,000 epoch rows), one file
-per epoch append and one file per run (the shape a real store has before compaction), then
-times ``compare`` and a full epochs read before and after ``ResultsStore.compact``.
+Times single-row ``append_epochs`` calls (p50/p95/max, automatic compaction included), then
+writes N runs (default 10,000) with E epochs each (default 10 -> 100,000 epoch rows) as one
+epochs file and one run file per run with automatic compaction off (20,000 files: the worst
+case), and times ``compare`` and a full epochs read before and after ``ResultsStore.compact``.
 Prints figures; never asserts a time.
 
     .venv/bin/python benchmarks/bench_store.py [--runs 10000] [--epochs 10] [--dir /tmp/x]
@@ -56,16 +57,23 @@ def _run_row(i: int, epochs: int) -> dict:
                 finished_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
 
 
-def _write_chunk(args) -> list[float]:
+def _write_runs(args) -> None:
+    """Write runs [lo, hi): one epochs file (all its epochs) and one run file per run."""
     root, lo, hi, epochs = args
+    store = ResultsStore(root, auto_compact=False)  # the raw, uncompacted worst case
+    for i in range(lo, hi):
+        store.append_epochs([_epoch_row(i, e) for e in range(epochs)])
+        store.write_run(_run_row(i, epochs))
+
+
+def _append_latency(root: str, n: int) -> list[float]:
+    """Single-row append_epochs latency (write + fsync + rename + automatic compaction)."""
     store = ResultsStore(root)
     lat = []
-    for i in range(lo, hi):
-        for e in range(epochs):
-            t0 = time.perf_counter()
-            store.append_epochs([_epoch_row(i, e)])
-            lat.append(time.perf_counter() - t0)
-        store.write_run(_run_row(i, epochs))
+    for k in range(n):
+        t0 = time.perf_counter()
+        store.append_epochs([_epoch_row(k // 10, k % 10)])
+        lat.append(time.perf_counter() - t0)
     return lat
 
 
@@ -84,34 +92,29 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--dir", default=None, help="store root (default: a temp dir, removed)")
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--epoch-files", type=int, default=10_000,
-                    help="write epochs as this many files (the rest of the rows are appended "
-                         "in batches per run); the latency figure uses single-row appends")
+    ap.add_argument("--latency-rows", type=int, default=2000,
+                    help="single-row appends timed for the latency figure")
     a = ap.parse_args(argv)
     root = a.dir or tempfile.mkdtemp(prefix="fcn-bench-store-")
     try:
-        store = ResultsStore(root)
-        # 1) single-row append latency, measured on a sample of runs written one epoch per file
-        sample_runs = max(1, min(a.runs, a.epoch_files // max(1, a.epochs)))
+        store = ResultsStore(root, auto_compact=False)
+        lat = sorted(_append_latency(os.path.join(root, "latency"), a.latency_rows))
+        print(f"append_epochs, 1 row per call (fsync + rename, automatic compaction every "
+              f"{ResultsStore.AUTO_COMPACT_FILES['epochs']} files): "
+              f"p50 {1e3 * statistics.median(lat):.2f} ms, "
+              f"p95 {1e3 * lat[int(0.95 * (len(lat) - 1))]:.2f} ms, "
+              f"max {1e3 * lat[-1]:.1f} ms (n={len(lat)})")
         t0 = time.perf_counter()
-        chunks = [(root, lo, min(sample_runs, lo + 50), a.epochs)
-                  for lo in range(0, sample_runs, 50)]
+        step = max(1, a.runs // (a.procs * 8))
+        chunks = [(root, lo, min(a.runs, lo + step), a.epochs) for lo in range(0, a.runs, step)]
         with ProcessPoolExecutor(a.procs) as ex:
-            lat = [x for part in ex.map(_write_chunk, chunks) for x in part]
-        # 2) the rest of the runs: one epochs file per run (all epochs) + one run file
-        for i in range(sample_runs, a.runs):
-            store.append_epochs([_epoch_row(i, e) for e in range(a.epochs)])
-            store.write_run(_run_row(i, a.epochs))
+            list(ex.map(_write_runs, chunks))
         write_s = time.perf_counter() - t0
-        lat.sort()
         n_ep_files = len(store.files("epochs"))
         n_run_files = len(store.files("runs"))
         print(f"store: {root}")
-        print(f"wrote {a.runs} runs, {a.runs * a.epochs} epoch rows in {write_s:.1f} s "
-              f"({n_ep_files} epoch files, {n_run_files} run files)")
-        print(f"append_epochs (1 row, fsync) latency: p50 {1e3 * statistics.median(lat):.2f} ms, "
-              f"p95 {1e3 * lat[int(0.95 * (len(lat) - 1))]:.2f} ms  (n={len(lat)}, "
-              f"{a.procs} writer processes)")
+        print(f"wrote {a.runs} runs, {a.runs * a.epochs} epoch rows in {write_s:.1f} s with "
+              f"{a.procs} processes ({n_ep_files} epoch files, {n_run_files} run files)")
 
         def report(label: str) -> None:
             fresh = lambda: ResultsStore(root)  # noqa: E731  (no warm caches between runs)
@@ -131,6 +134,10 @@ def main(argv=None) -> None:
               f"{s2['files_before']} -> {s2['files_after']} files in "
               f"{time.perf_counter() - t0:.1f} s")
         report("compacted")
+        # steady state with automatic compaction: up to AUTO_COMPACT_FILES - 1 small files
+        extra = ResultsStore.AUTO_COMPACT_FILES["runs"] - 1
+        _write_runs((root, a.runs, a.runs + extra, a.epochs))
+        report(f"compacted + {extra} new run files (worst case with automatic compaction)")
     finally:
         if a.dir is None:
             shutil.rmtree(root, ignore_errors=True)

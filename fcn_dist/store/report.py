@@ -305,6 +305,7 @@ def plot_curves(epochs: list[dict], runs: list[dict], path: Path) -> Path:
     """Loss, mIoU and pixel accuracy per epoch; one colour per run, train solid, val dashed."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("loss", "train_loss", "val_loss"), ("mIoU", "train_miou", "miou"),
               ("pixel accuracy", "train_pixel_accuracy", "pixel_accuracy")]
@@ -327,6 +328,7 @@ def plot_curves(epochs: list[dict], runs: list[dict], path: Path) -> Path:
                             color=color, marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if title != "loss":
             ax.set_ylim(bottom=0)
@@ -334,7 +336,7 @@ def plot_curves(epochs: list[dict], runs: list[dict], path: Path) -> Path:
     handles += [Line2D([], [], color="k", ls="-", label="train"),
                 Line2D([], [], color="k", ls="--", label="val")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5),
-               fontsize=9, frameon=False)
+               fontsize=10, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
