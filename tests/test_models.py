@@ -1,0 +1,378 @@
+"""Models: registry, taps, any-size logits, bilinear upsampling, fc6/fc7 transplant, weights,
+staged init. CPU only, tiny inputs."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from fcn_dist.errors import FcnError, SpecError, WeightsError
+from fcn_dist.models import (
+    FCN,
+    bilinear_kernel,
+    create_backbone,
+    create_model,
+    freeze_backbone,
+    list_backbones,
+    list_models,
+    param_groups,
+    stage_init,
+)
+from fcn_dist.models import backbones as backbones_mod
+from fcn_dist.models.fcn import FCNHead, Upsample
+
+REQUIRED_BACKBONES = {
+    "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
+    "mobilenet_v3_small", "mobilenet_v3_large",
+}
+MODES = ("learned", "fixed", "interp")
+
+
+def _randomise_head(model: FCN, seed: int = 0) -> None:
+    """Give the head 'trained' weights: non-zero scores, perturbed upsampling kernels."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def test_registry_names() -> None:
+    assert REQUIRED_BACKBONES <= set(list_backbones())
+    models = list_models()
+    assert len(models) == len(set(models)) == 3 * len(list_backbones())
+    for b in list_backbones():
+        for v in ("32s", "16s", "8s"):
+            assert f"fcn{v}_{b}" in models
+
+
+def test_unknown_names_raise_spec_error_listing_valid_ones() -> None:
+    with pytest.raises(SpecError, match="fcn8s_vgg16") as info:
+        create_model("fcn4s_vgg16", 3)
+    assert isinstance(info.value, FcnError)
+    with pytest.raises(SpecError, match="interp"):
+        create_model("fcn32s_resnet18", 3, upsample="nearest")
+    with pytest.raises(SpecError, match="num_classes"):
+        create_model("fcn32s_resnet18", 0)
+
+
+# ------------------------------------------------------------------------ every model
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_any_size_forward_backward_and_taps(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    variant, backbone = name[3:].split("_", 1)
+    assert (model.variant, model.backbone_name, model.num_classes) == (variant, backbone, 3)
+    assert model.name == name
+
+    x = torch.randn(2, 3, 33, 47)  # odd sizes, not multiples of 32
+    # declared taps match the real feature maps
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone(x)
+    assert set(feats) == set(model.backbone.taps) == {"s8", "s16", "s32"}
+    for tap, (channels, stride) in model.backbone.taps.items():
+        f = feats[tap]
+        assert f.shape[1] == channels, (tap, f.shape)
+        for got, size in zip(f.shape[-2:], x.shape[-2:]):
+            assert got in (size // stride, math.ceil(size / stride)), (tap, stride, f.shape)
+
+    # training forward/backward: exact input size, gradients reach every parameter
+    model.train()
+    out = model(x)
+    assert out.shape == (2, 3, 33, 47)
+    labels = torch.randint(0, 3, (2, 33, 47))
+    F.cross_entropy(out, labels).backward()  # non-zero gradients even with all-zero logits
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters unused in forward (DDP would need find_unused): {no_grad[:5]}"
+    assert model.head.score_s32.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_logits_match_input_size_for_odd_sizes(variant: str, mode: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(f"fcn{variant}_mobilenet_v3_small", 2, upsample=mode).eval()
+    _randomise_head(model)
+    with torch.no_grad():
+        for h, w in [(97, 131), (33, 47), (32, 32), (64, 96), (65, 63), (17, 9)]:
+            out = model(torch.randn(1, 3, h, w))
+            assert out.shape == (1, 2, h, w), (h, w, out.shape)
+            assert torch.isfinite(out).all()
+
+
+def test_vgg_odd_size_97x131() -> None:
+    # VGG pools with floor: the upsampling has to *grow* (output_padding) to reach 97x131.
+    model = create_model("fcn8s_vgg16", 4).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, 4, 97, 131)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_upsample_reaches_any_target_size(mode: str) -> None:
+    up = Upsample(2, 8, mode)
+    x = torch.randn(1, 2, 3, 5)
+    for th in range(3 * 8 - 9, 3 * 8 + 12):
+        for tw in (5 * 8 - 3, 5 * 8, 5 * 8 + 7, 5 * 8 + 9):
+            assert up(x, (th, tw)).shape == (1, 2, th, tw)
+
+
+# ------------------------------------------------------------------------- head details
+
+
+def test_score_layers_zero_initialised_without_relu() -> None:
+    model = create_model("fcn8s_resnet18", 5, upsample="interp").eval()
+    for tap in ("s32", "s16", "s8"):
+        conv = getattr(model.head, f"score_{tap}")
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
+        assert conv.weight.abs().sum() == 0 and conv.bias.abs().sum() == 0
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert model(x).abs().max() == 0  # zero scores -> zero logits
+        model.head.score_s32.bias.fill_(-1.0)
+        out = model(x)
+    # no ReLU after the scores: negative logits survive
+    torch.testing.assert_close(out, torch.full_like(out, -1.0))
+
+
+def test_variants_only_differ_in_fused_taps() -> None:
+    names = {v: {n for n, _ in create_model(f"fcn{v}_mobilenet_v3_small", 3).named_parameters()}
+             for v in ("32s", "16s", "8s")}
+    assert names["16s"] - names["32s"] == {"head.score_s16.weight", "head.score_s16.bias"}
+    assert names["8s"] - names["16s"] == {"head.score_s8.weight", "head.score_s8.bias"}
+    assert names["32s"] <= names["16s"] <= names["8s"]
+
+
+def test_separate_models_do_not_share_score_layers() -> None:
+    a = create_model("fcn16s_mobilenet_v3_small", 3)
+    b = create_model("fcn16s_mobilenet_v3_small", 3)
+    assert a.head.score_s16.weight.data_ptr() != b.head.score_s16.weight.data_ptr()
+
+
+def test_skip_scale_scales_pool4_and_pool3() -> None:
+    taps = {"s8": (4, 8), "s16": (4, 16), "s32": (4, 32)}
+    feats = {"s8": torch.randn(1, 4, 8, 8), "s16": torch.randn(1, 4, 4, 4),
+             "s32": torch.randn(1, 4, 2, 2)}
+    plain = FCNHead(taps, ("s32", "s16", "s8"), 2, "interp", skip_scale=False)
+    scaled = FCNHead(taps, ("s32", "s16", "s8"), 2, "interp", skip_scale=True)
+    for tap, factor in (("s16", 0.01), ("s8", 1e-4)):
+        with torch.no_grad():
+            for head in (plain, scaled):
+                for t in ("s32", "s16", "s8"):
+                    conv = getattr(head, f"score_{t}")
+                    conv.weight.fill_(1.0 if t == tap else 0.0)
+            a, b = plain(feats, (64, 64)), scaled(feats, (64, 64))
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a * factor, rtol=1e-5, atol=1e-9)
+
+
+# ---------------------------------------------------------------------- bilinear kernels
+
+
+def test_bilinear_kernel_values() -> None:
+    k1 = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    torch.testing.assert_close(bilinear_kernel(4), k1[:, None] * k1[None, :])
+    k16 = bilinear_kernel(16)  # x8: peak pair in the middle, symmetric, each 1-D tap sums to 8
+    torch.testing.assert_close(k16, k16.flip(0).flip(1))
+    torch.testing.assert_close(k16.sum(), torch.tensor(64.0))
+
+
+@pytest.mark.parametrize("mode", ["learned", "fixed"])
+@pytest.mark.parametrize("factor", [2, 8])
+def test_transposed_conv_is_bilinear_interpolation(mode: str, factor: int) -> None:
+    up = Upsample(3, factor, mode)
+    if mode == "learned":
+        assert up.weight.requires_grad and up.weight.shape == (3, 3, 2 * factor, 2 * factor)
+        # identity across channels: channel 0 does not leak into channel 1
+        assert up.weight[0, 1].abs().sum() == 0
+    else:
+        assert not any(True for _ in up.parameters())  # frozen
+    h, w = 6, 7
+    th, tw = h * factor, w * factor
+    b = factor  # border rows/cols where zero padding differs from interpolate's clamping
+    with torch.no_grad():
+        # a constant stays constant in the interior
+        const = up(torch.full((1, 3, h, w), 2.5), (th, tw))
+        inner = const[..., b:-b, b:-b]
+        torch.testing.assert_close(inner, torch.full_like(inner, 2.5))
+        # a linear ramp over input pixel centres is reproduced at output pixel centres
+        ramp = torch.arange(w, dtype=torch.float32).expand(1, 3, h, w)
+        out = up(ramp, (th, tw))
+        expect = ((torch.arange(tw) + 0.5) / factor - 0.5).expand(1, 3, th, tw)
+        torch.testing.assert_close(out[..., b:-b, b:-b], expect[..., b:-b, b:-b], atol=1e-5, rtol=0)
+        # random input: equals bilinear interpolation (align_corners=False) in the interior
+        x = torch.randn(1, 3, h, w)
+        ref = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(up(x, (th, tw))[..., b:-b, b:-b], ref[..., b:-b, b:-b],
+                                   atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------- VGG fc6/fc7, weights
+
+
+@pytest.fixture(scope="module")
+def vgg16_file(tmp_path_factory: pytest.TempPathFactory):
+    """A torchvision vgg16 state dict (random, with non-zero classifier biases) on disk."""
+    torch.manual_seed(1)
+    net = torchvision.models.vgg16()
+    with torch.no_grad():
+        for i in (0, 3):
+            net.classifier[i].bias.normal_(0.0, 0.5)  # torchvision inits them to 0: make them count
+    path = tmp_path_factory.mktemp("weights") / "vgg16.pth"
+    torch.save(net.state_dict(), path)
+    return path, net.eval()
+
+
+def test_fc6_fc7_transplant_reproduces_vgg_classifier(vgg16_file) -> None:
+    path, net = vgg16_file
+    backbone = create_backbone("vgg16", path).eval()
+    pool5 = torch.randn(2, 512, 7, 7)
+    with torch.no_grad():
+        ref = net.classifier[:5](torch.flatten(pool5, 1))  # fc6, relu, drop, fc7, relu
+        ours = backbone.relu7(backbone.fc7(backbone.relu6(backbone.fc6(pool5))))
+    assert ours.shape == (2, 4096, 7, 7)
+    # fc6 pads by 3: only the centre pixel's 7x7 window is exactly the Linear's input
+    assert (ref > 0).float().mean() > 0.1
+    torch.testing.assert_close(ours[:, :, 3, 3], ref, atol=1e-4, rtol=1e-4)
+
+    # fc6/fc7 belong to the backbone: freezing it freezes them, not the head
+    model = freeze_backbone(FCN(backbone, "32s", 3))
+    assert not model.backbone.fc6.weight.requires_grad and not model.backbone.fc7.bias.requires_grad
+    assert all(p.requires_grad for p in model.head.parameters())
+    names = [id(p) for g in param_groups(model, 1e-4) for p in g["params"]]
+    assert id(model.backbone.fc6.weight) not in names
+
+
+def test_local_torchvision_state_dict_loads(vgg16_file) -> None:
+    path, net = vgg16_file
+    model = create_model("fcn8s_vgg16", 3, backbone_weights=str(path))
+    sd = net.state_dict()
+    torch.testing.assert_close(model.backbone.features[0].weight, sd["features.0.weight"])
+    torch.testing.assert_close(model.backbone.features[28].bias, sd["features.28.bias"])
+    torch.testing.assert_close(model.backbone.fc6.weight.flatten(1), sd["classifier.0.weight"])
+    torch.testing.assert_close(model.backbone.fc6.bias, sd["classifier.0.bias"])
+    torch.testing.assert_close(model.backbone.fc7.weight.flatten(1), sd["classifier.3.weight"])
+    torch.testing.assert_close(model.backbone.fc7.bias, sd["classifier.3.bias"])
+
+
+def test_mismatched_state_dict_fails_naming_keys(vgg16_file, tmp_path) -> None:
+    path, _ = vgg16_file
+    sd = torch.load(path, weights_only=True)
+    sd["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    del sd["classifier.3.bias"]
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, bad)
+    with pytest.raises(WeightsError) as info:
+        create_backbone("vgg16", bad)
+    msg = str(info.value)
+    assert "features.0.weight" in msg and "classifier.3.bias" in msg and str(bad) in msg
+    assert "features.2.weight" not in msg  # only the offending keys
+
+    # a different architecture's file is rejected, not half-loaded
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mnv3.pth")
+    with pytest.raises(WeightsError, match="resnet18"):
+        create_backbone("resnet18", tmp_path / "mnv3.pth")
+    with pytest.raises(WeightsError, match="not found"):
+        create_backbone("resnet18", tmp_path / "nope.pth")
+
+
+def test_imagenet_offline_fails_fast(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url, cache = backbones_mod.imagenet_weights_file("resnet18")
+    assert str(cache).startswith(str(tmp_path)) and not cache.exists()
+    host = url.split("/")[2]
+    if backbones_mod._probe(host, 443, 3.0) is None:
+        pytest.skip("network available: the offline path cannot be exercised here")
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as info:
+        create_model("fcn32s_resnet18", 3, backbone_weights="imagenet")
+    assert time.monotonic() - start < 30
+    msg = str(info.value)
+    assert cache.name in msg and "hub/checkpoints" in msg and "backbone_weights" in msg
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch) -> None:
+    # What the offline error tells the user to do works: a file in the cache is used as is.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _, cache = backbones_mod.imagenet_weights_file("mobilenet_v3_small")
+    cache.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    sd = torchvision.models.mobilenet_v3_small().state_dict()
+    torch.save(sd, cache)
+    backbone = create_backbone("mobilenet_v3_small", "imagenet")
+    torch.testing.assert_close(backbone.features[0][0].weight, sd["features.0.0.weight"])
+
+
+# ------------------------------------------------------------------------- staged init
+
+
+@pytest.mark.parametrize("skip_scale", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stage", [("32s", "16s"), ("16s", "8s")])
+def test_stage_init_reproduces_previous_output(stage, mode: str, skip_scale: bool) -> None:
+    old_v, new_v = stage
+    torch.manual_seed(0)
+    old = create_model(f"fcn{old_v}_resnet18", 3, upsample=mode, skip_scale=skip_scale)
+    _randomise_head(old, seed=1)  # a 'trained' previous stage
+    old.eval()
+    torch.manual_seed(1)
+    new = create_model(f"fcn{new_v}_resnet18", 3, upsample=mode, skip_scale=skip_scale)
+    # DDP-style prefixes are accepted
+    state = {f"module.{k}": v.clone() for k, v in old.state_dict().items()}
+    assert stage_init(new, state) is new
+    new.eval()
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        ref = old(x)
+        out = new(x)
+        assert ref.abs().max() > 0.01
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        # the new skip is live: once its score layer moves, the output moves
+        new_tap = "s16" if new_v == "16s" else "s8"
+        getattr(new.head, f"score_{new_tap}").bias.fill_(0.5)
+        assert (new(x) - ref).abs().max() > 0.1
+
+
+def test_stage_init_rejects_states_from_other_models() -> None:
+    m16 = create_model("fcn16s_mobilenet_v3_small", 3)
+    with pytest.raises(WeightsError, match="head.score_s8"):
+        stage_init(m16, create_model("fcn8s_mobilenet_v3_small", 3).state_dict())
+    with pytest.raises(WeightsError, match="head.score_s32.weight"):
+        stage_init(m16, create_model("fcn32s_mobilenet_v3_small", 5).state_dict())
+    with pytest.raises(WeightsError, match="features"):
+        stage_init(m16, create_model("fcn32s_resnet18", 3).state_dict())
+    with pytest.raises(WeightsError, match="head.up_out.weight"):
+        m32 = create_model("fcn32s_mobilenet_v3_small", 3, upsample="interp")
+        stage_init(m16, m32.state_dict())
+
+
+# -------------------------------------------------------------------------- param groups
+
+
+def test_param_groups_no_decay_on_biases_and_norms() -> None:
+    model = create_model("fcn8s_resnet18", 3)
+    groups = param_groups(model, 5e-4)
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(model.backbone.bn1.weight) in ids and id(model.backbone.bn1.bias) in ids
+    assert id(model.head.score_s8.bias) in ids
+    assert id(model.backbone.conv1.weight) in {id(p) for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    torch.optim.SGD(groups, lr=0.1)  # usable as is
+
+    freeze_backbone(model)
+    trainable = sum(len(g["params"]) for g in param_groups(model, 5e-4))
+    assert trainable == len(list(model.head.parameters()))
+    freeze_backbone(model, frozen=False)
+    assert all(p.requires_grad for p in model.parameters())
