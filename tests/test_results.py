@@ -166,13 +166,42 @@ def test_plot_without_predictor_skips_gallery_clearly(store, tmp_path):
         plot(ResultsStore(tmp_path / "empty"), tmp_path / "r2")
 
 
-def test_plot_gallery_with_real_checkpoints_when_available(tmp_path):
-    """The gallery through the real Segmenter and ShardDataset (skipped until they exist)."""
+def test_plot_gallery_with_real_checkpoints(tmp_path):
+    """The gallery through the real Segmenter (untrained checkpoints) and ShardDataset."""
     pytest.importorskip("fcn_dist.predict")
-    data = pytest.importorskip("fcn_dist.data")
-    if not hasattr(data, "ShardDataset"):
-        pytest.skip("fcn_dist.data.ShardDataset not available")
-    pytest.skip("covered by the end-to-end test once training writes checkpoints")
+    torch = pytest.importorskip("torch")
+    from fcn_dist.data import ShardDataset, prepare, read_manifest
+    from fcn_dist.models import create_model
+    from fcn_dist.train.checkpoint import save_checkpoint
+
+    data = tmp_path / "data" / "synthetic"
+    prepare("synthetic", data, count=40, size=(40, 56))
+    man = read_manifest(data)
+    st = ResultsStore(tmp_path / "store")
+    torch.manual_seed(0)
+    for variant in ("32s", "8s"):
+        name = f"fcn{variant}_resnet18"
+        ckpt = save_checkpoint(tmp_path / "ckpt" / variant,
+                               create_model(name, man.num_classes).state_dict(),
+                               {"model_name": name, "num_classes": man.num_classes,
+                                "classes": man.classes, "palette": man.palette,
+                                "ignore_index": man.ignore_index, "eval_size": None})
+        st.write_run(dict(run_id=f"g-{variant}", variant=variant, backbone="resnet18",
+                          dataset="synthetic", miou=0.5, class_names=man.classes,
+                          per_class_iou=[0.5] * man.num_classes,
+                          confusion_matrix=np.eye(man.num_classes, dtype=int) * 10,
+                          best_checkpoint=str(ckpt)))
+    out = tmp_path / "report"
+    res = plot(st, out, gallery=2, data_dir=data)
+    assert res["gallery_skipped"] is None, res["gallery_skipped"]
+    assert (out / "gallery.png").stat().st_size > 1000
+    split = "test" if man.splits.get("test") else "val"
+    ds = ShardDataset(data, split)
+    assert len(ds) >= 2
+    for i in range(2):
+        size = ds.raw(i)[0].size
+        files = sorted(out.glob(f"overlays/{i:03d}_*.png"))
+        assert len(files) == 3 and all(Image.open(f).size == size for f in files)
 
 
 def test_cli(store):

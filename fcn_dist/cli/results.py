@@ -76,7 +76,7 @@ def query(sql, store, fmt) -> None:
               help="dataset to report (default: that of the latest finished run)")
 @click.option("--backbone", default=None, help="only runs with this backbone")
 @click.option("--run", "run_ids", multiple=True, metavar="RUN_ID",
-              help="report these runs (repeatable; 8-character prefixes accepted)")
+              help="report these runs (repeatable; unique prefixes accepted)")
 @click.option("--gallery", default=4, show_default=True, type=click.IntRange(min=0),
               help="test images in the overlay gallery (0: none)")
 @click.option("--data", "data_dir", default=None, metavar="DIR",

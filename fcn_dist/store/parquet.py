@@ -106,6 +106,7 @@ SCHEMA_VERSION = 1
 TABLES = ("epochs", "runs")
 COMPACT_PREFIX = "compact-"
 TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 24 * 3600
 _META_VERSION = b"fcn_dist.schema_version"
 _META_TABLE = b"fcn_dist.table"
 _META_SOURCES = b"fcn_dist.compacted_from"
@@ -573,6 +574,13 @@ class ResultsStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(d / n)
                     removed_leftovers += 1
+        # temp files of writers that crashed mid-write (live writers finish in well under a day)
+        now = _dt.datetime.now().timestamp()
+        for n in os.listdir(d):
+            if n.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    if now - os.stat(d / n).st_mtime > STALE_TMP_SECONDS:
+                        os.unlink(d / n)
         live = [n for n in names if n not in covered]
         summary = {"table": table, "files_before": len(live), "leftovers_removed": removed_leftovers,
                    "rows": 0, "file": None}

@@ -51,6 +51,13 @@ def _store(store: ResultsStore | str | Any) -> ResultsStore:
     return store if isinstance(store, ResultsStore) else ResultsStore(store)
 
 
+def short_run_id(run_id: str | None) -> str:
+    """A run id short enough for a table cell that still tells runs apart: ids are
+    ``<name>-<variant>-<timestamp>`` or uuids, so keep the head and the tail."""
+    rid = run_id or ""
+    return rid if len(rid) <= 20 else f"{rid[:9]}..{rid[-8:]}"
+
+
 def _variant_key(v: str | None) -> tuple:
     return (VARIANT_ORDER.get(v or "", 99), v or "")
 
@@ -77,7 +84,7 @@ def compare(store: ResultsStore | str, dataset: str | None = None,
     tbl = _store(store).runs(filters=filters or None, columns=_COMPARE_READ)
     rows = _latest_per_run(tbl.to_pylist())
     for r in rows:
-        r["run"] = (r["run_id"] or "")[:8]
+        r["run"] = short_run_id(r["run_id"])
         for k in ("miou", "pixel_accuracy", "mean_accuracy", "fwiou", "gflops_per_image",
                   "train_seconds", "images_per_second"):
             if isinstance(r.get(k), float) and not math.isfinite(r[k]):
@@ -264,7 +271,7 @@ def format_table(tbl: pa.Table, fmt: str = "table") -> str:
 
 # ------------------------------------------------------------------------------------ plots
 def _label(r: dict) -> str:
-    return f"FCN-{r.get('variant') or '?'} {r.get('backbone') or ''} [{(r['run_id'] or '')[:8]}]"
+    return f"FCN-{r.get('variant') or '?'} {r.get('backbone') or ''} [{short_run_id(r['run_id'])}]"
 
 
 def _select_runs(st: ResultsStore, dataset: str | None, backbone: str | None,
@@ -277,7 +284,7 @@ def _select_runs(st: ResultsStore, dataset: str | None, backbone: str | None,
     rows = _latest_per_run(st.runs(columns=cols).to_pylist())
     if run_ids:
         wanted = set(run_ids)
-        rows = [r for r in rows if r["run_id"] in wanted or (r["run_id"] or "")[:8] in wanted]
+        rows = [r for r in rows if any((r["run_id"] or "").startswith(w) for w in wanted)]
     else:
         if backbone:
             rows = [r for r in rows if r["backbone"] == backbone]
@@ -360,7 +367,9 @@ def plot_per_class_iou(runs: list[dict], path: Path) -> Path:
         ious = json.loads(r.get("per_class_iou") or "{}")
         ys = [ious.get(c) for c in classes]
         ys = [np.nan if y is None else y for y in ys]
-        ax.bar(x - 0.4 + width * (i + 0.5), ys, width, color=color, label=_label(r))
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), ys, width, color=color, label=_label(r))
+        if len(classes) * len(runs) <= 40:  # values on the bars (a zero IoU is no bar at all)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     ax.set_xticks(x, classes, rotation=30 if len(classes) > 6 else 0, ha="right"
                   if len(classes) > 6 else "center")
     ax.set_ylabel("test IoU")
@@ -522,7 +531,7 @@ def plot_gallery(runs: list[dict], out_dir: Path, n: int, *,
     ov_dir = out_dir / "overlays"
     ov_dir.mkdir(parents=True, exist_ok=True)
     ncols = 2 + len(predictors)
-    fig, axes = plt.subplots(n, ncols, figsize=(2.6 * ncols, 2.6 * n + 0.9), squeeze=False)
+    fig, axes = plt.subplots(n, ncols, figsize=(2.6 * ncols, 2.6 * n + 0.5), squeeze=False)
     for i in range(n):
         image, label = ds.raw(i)
         image = image.convert("RGB")
@@ -532,7 +541,7 @@ def plot_gallery(runs: list[dict], out_dir: Path, n: int, *,
         for r, pred in predictors:
             lab = np.asarray(pred(image))
             ov = _overlay(image, lab, palette, ignore)
-            name = f"{i:03d}_fcn{r['variant']}_{(r['run_id'] or '')[:8]}.png"
+            name = f"{i:03d}_fcn{r['variant']}_{_safe_name(r['run_id'])}.png"
             Image.fromarray(ov).save(ov_dir / name)
             result["files"].append(str(ov_dir / name))
             panels.append((f"FCN-{r['variant']} {r.get('backbone') or ''}", ov))
@@ -547,13 +556,17 @@ def plot_gallery(runs: list[dict], out_dir: Path, n: int, *,
                for k, c in enumerate(classes) if k < len(palette)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.9 / (2.6 * n + 0.9) + 0.01, 1, 1))
+    fig.tight_layout(rect=(0, 0.45 / (2.6 * n + 0.5), 1, 1))  # leave 0.45 in for the legend
     path = out_dir / "gallery.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     result["files"].insert(0, str(path))
     result["split"] = split
     return result
+
+
+def _safe_name(text: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text or "run").lstrip(".")[:64]
 
 
 def _img_tag(path: Path, alt: str) -> str:
