@@ -590,3 +590,34 @@ def test_load_500_jobs_4_workers_each_runs_exactly_once(queue, redis_url, redis_
     assert done == Counter({i: 1 for i in ids})
     assert queue.counts()["succeeded"] == 500
     print(f"500 jobs, 4 worker processes: {elapsed:.1f}s")
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+@pytest.mark.ray
+def test_end_to_end_smoke_all_variants_through_the_queue(tmp_path, redis_url, redis_prefix):
+    """fcn-submit jobs/smoke.yaml --variant all; fcn-worker --until-empty on a local Ray; three
+    finished runs in the Parquet store (minutes on a CPU: run with -m slow)."""
+    from fcn_dist.data import prepare
+    from fcn_dist.store import ResultsStore
+
+    data, store = tmp_path / "data", tmp_path / "store"
+    prepare("synthetic", data / "synthetic", count=48, size=(64, 64))
+    env = {**os.environ, "FCN_DATA": str(data), "FCN_STORE": str(store),
+           "FCN_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    common = ["--redis-url", redis_url, "--prefix", redis_prefix]
+    sub = subprocess.run([sys.executable, "-m", "fcn_dist.cli.submit", "--spec",
+                          str(ROOT / "jobs" / "smoke.yaml"), "--variant", "all", "--set", "epochs=1",
+                          "--set", "num_workers=1", "--json", *common],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert sub.returncode == 0, sub.stderr
+    ids = [x["id"] for x in __import__("json").loads(sub.stdout)]
+    w = subprocess.run([sys.executable, "-m", "fcn_dist.cli.worker", "--until-empty",
+                        "--lease-seconds", "60", *common],
+                       capture_output=True, text=True, env=env, timeout=900)
+    q = JobQueue(redis_url, prefix=redis_prefix)
+    jobs = [q.get(i) for i in ids]
+    assert [j.state for j in jobs] == ["succeeded"] * 3, (w.stderr[-3000:], [j.error for j in jobs])
+    assert all(j.result.get("best_checkpoint") and j.run_dir for j in jobs)
+    runs = ResultsStore(store).runs().to_pylist()
+    assert sorted(r["job_id"] for r in runs) == sorted(ids)

@@ -10,7 +10,7 @@ Outcomes: a return value -> ``complete`` (the result summary); :class:`Interrupt
 exception while the worker is stopping -> ``release`` (back to the queue, attempt not counted;
 the next worker resumes from the run directory's checkpoints); a requested cancel ->
 ``ack_cancel``; any other exception -> ``fail`` (retried with backoff up to the job's
-``max_attempts``; user errors such as an invalid spec or a corrupt shard are not retried).
+``max_attempts``; an invalid spec, a corrupt shard or unusable weights are not retried).
 
 Redis outages never crash the worker: every queue call is retried with a capped exponential
 backoff, logging ``redis unavailable, retrying in Xs``.
@@ -30,7 +30,7 @@ import traceback as tb
 import uuid
 from typing import Any, Callable
 
-from fcn_dist.errors import FcnError, QueueError
+from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError
 from fcn_dist.queue.redis_queue import Job, JobQueue, LeaseLost, RedisUnavailable
 
 log = logging.getLogger("fcn_dist.worker")
@@ -55,9 +55,11 @@ def is_interruption(exc: BaseException) -> bool:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """User errors (bad spec, data, weights; a training error the user must act on) are not
-    retried; queue errors and unexpected exceptions (a lost Ray node, OOM, ...) are."""
-    return not isinstance(exc, FcnError) or isinstance(exc, QueueError)
+    """A bad spec, a missing or corrupt data shard and unusable weights fail the job at once
+    (retrying cannot help); everything else — a lost Ray node, OOM, a ``TrainingError`` (Ray
+    failures reach us wrapped in one), Redis trouble — is retried up to ``max_attempts``, each
+    retry resuming from the run directory's checkpoints."""
+    return not isinstance(exc, (SpecError, DataError, WeightsError))
 
 
 def train_run_fn(job: Job, should_stop: Callable[[], bool], *, ray_address: str | None = None,
@@ -185,6 +187,9 @@ class Worker:
         return self._stop.is_set()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self._stop.is_set():
+            # a second Ctrl-C: stop waiting for the run to save; the job is still released
+            raise KeyboardInterrupt
         self.request_stop(f"received {signal.Signals(signum).name}")
 
     # ------------------------------------------------------------------ redis with backoff
