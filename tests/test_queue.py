@@ -289,6 +289,15 @@ def test_user_errors_are_not_retried(queue):
     assert job.state == "failed" and job.attempts == 1 and "epochs" in job.error
 
 
+def test_retry_policy():
+    from fcn_dist.errors import DataError, TrainingError, WeightsError
+    from fcn_dist.queue.worker import is_retryable
+
+    assert not is_retryable(SpecError("x")) and not is_retryable(DataError("shard 3 is corrupt"))
+    assert not is_retryable(WeightsError("x"))
+    assert is_retryable(TrainingError("training failed: worker died")) and is_retryable(OSError())
+
+
 def test_interruption_releases_without_counting_the_attempt(queue):
     jid = queue.submit(mkspec("interrupted")).id
     started = threading.Event()

@@ -66,6 +66,7 @@ def test_submit_all_variants_idempotent_force_json(cli, queue, spec_file):
     jobs = [queue.get(i) for i in ids]
     assert [j.variant for j in jobs] == ["32s", "16s", "8s"]
     assert all(j.state == "queued" and j.priority == 5 and j.spec_dict["epochs"] == 2 for j in jobs)
+    assert jobs[1].spec.model_name == "fcn16s_vgg16"  # stored as JSON, read back validated
 
     again = submit("--spec", str(spec_file), "--variant", "all", "--set", "epochs=2", "--json")
     assert again.exit_code == 0, again.output
