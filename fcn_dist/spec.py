@@ -280,6 +280,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     if t.startswith("str"):
         if key == "use_gpu" and isinstance(value, bool):
             return "true" if value else "false"
+        if key == "amp" and isinstance(value, bool):  # YAML 1.1 reads `amp: off` as false
+            return "auto" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "variant":
             value = f"{value}s" if not str(value).endswith("s") else str(value)
         if not isinstance(value, str):
