@@ -117,7 +117,7 @@ class Segmenter:
 
     def to_palette_image(self, labels: np.ndarray) -> Image.Image:
         """A palette ("P" mode) PNG-able image of a label map, coloured with the dataset palette."""
-        im = Image.fromarray(labels.astype(np.uint8), mode="P")
+        im = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette makes it "P"
         im.putpalette(_flat_palette(self.palette, self.num_classes))
         return im
 
