@@ -1,0 +1,448 @@
+"""Speed settings for inference and training, measured by ``fcn-bench model``.
+
+Inference (used by :mod:`fcn_dist.predict` and evaluation)::
+
+    fast = optimize_for_inference(model)          # a new module; ``model`` is left as it is
+    logits = fast(images)                         # float32 in, float32 logits out
+
+What :func:`optimize_for_inference` does, and why (figures in ``benchmarks/README.md``):
+
+- **bf16 weights and activations** where the hardware runs bf16 natively (CUDA with bf16,
+  CPUs with ``avx512_bf16`` / AMX): the weights are cast once, not on every call as
+  ``torch.autocast`` does under ``inference_mode`` (for VGG's fc6 that is 400 MB read and
+  200 MB written per call). Logits come back as float32; softmax/argmax are unchanged.
+- **channels_last** (NHWC): oneDNN's and cuDNN's fast convolution layouts; no reorders
+  between layers.
+- **conv + ReLU fused** into one oneDNN primitive (``mkldnn._convolution_pointwise`` with a
+  ReLU post-op) on CPU: the ReLU is applied while the output is still in cache, and the
+  weights are pre-packed once into oneDNN's blocked layout (an eager convolution re-packs
+  them on every call). BatchNorm (ResNet, MobileNetV3) is folded into the preceding conv.
+- ``torch.inference_mode`` around the forward; ``cudnn.benchmark`` on CUDA.
+- optional ``compile=True``: ``torch.compile`` (Inductor, with weight freezing on CPU) on top.
+
+Training (used by the train loop)::
+
+    settings = training_settings(device, amp="auto")
+    model = prepare_for_training(model, settings)           # channels_last
+    x = settings.batch(x)                                   # channels_last input
+    with settings.autocast(): logits = model(x)
+
+and, for the frozen-backbone configuration (the Keras example's: backbone and fc6/fc7 frozen),
+:class:`FrozenBackboneFCN`, which runs the frozen backbone through the inference path above
+(bf16, fused, no autograd graph) and trains only the head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvReLU",
+    "FrozenBackboneFCN",
+    "InferenceModel",
+    "TrainingSettings",
+    "cpu_supports_bf16",
+    "fast_dtype",
+    "fuse_conv_bn_relu",
+    "optimize_for_inference",
+    "physical_cores",
+    "prepare_for_training",
+    "set_threads",
+    "training_settings",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardware facts
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_supports_bf16() -> bool:
+    """True where the CPU computes bf16 natively (``avx512_bf16`` or AMX), so bf16 is faster.
+
+    Without it oneDNN emulates bf16 and it is slower than fp32; ``FCN_CPU_BF16=0/1`` overrides.
+    """
+    env = os.environ.get("FCN_CPU_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    flags = cpu_flags()
+    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    if not flags:  # not Linux: ask oneDNN
+        with contextlib.suppress(Exception):
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return native
+
+
+def fast_dtype(device: torch.device | str, amp: str = "auto") -> torch.dtype:
+    """The compute dtype to use on ``device``: bf16 where native, else float32.
+
+    ``amp``: ``"auto"`` (bf16 where native; fp16 on CUDA GPUs without bf16), ``"off"``
+    (float32), ``"bf16"``, ``"fp16"`` (CUDA only; CPUs fall back to bf16/fp32).
+    """
+    device = torch.device(device)
+    if amp == "off":
+        return torch.float32
+    if device.type == "cuda":
+        if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+    if amp == "bf16" or cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def physical_cores() -> int:
+    """Cores this process may run on (affinity), the thread count that suits oneDNN/MKL."""
+    with contextlib.suppress(AttributeError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Intra-op threads = cores available (or ``n``), one inter-op thread; returns the count.
+
+    More threads than cores (the default when several processes share a machine) makes
+    oneDNN's OpenMP barriers spin against each other. Ray Train workers should pass their
+    ``cpus_per_worker``.
+    """
+    n = int(n or physical_cores())
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+        torch.set_num_interop_threads(1)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion: BatchNorm folded into the conv, conv + ReLU as one oneDNN primitive
+# ---------------------------------------------------------------------------------------------
+
+
+class ConvReLU(nn.Module):
+    """A Conv2d followed by ReLU, as one oneDNN convolution with a ReLU post-op on CPU.
+
+    The weight is pre-packed once (oneDNN blocked layout; re-packed if the weight changes); on
+    any other device or dtype, or when autograd needs the graph, it falls back to
+    ``relu(conv2d(x))``. Build it with :func:`fuse_conv_bn_relu` after loading the weights.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool = True) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("ConvReLU needs explicit zero padding")
+        self.conv = conv
+        self.relu = relu
+        self._packed: Tensor | None = None
+        self._packed_key: tuple | None = None
+
+    def _cpu_weight(self, x: Tensor) -> Tensor:
+        w = self.conv.weight
+        key = (w.dtype, w.data_ptr(), w._version)
+        if self._packed_key != key:
+            c = self.conv
+            try:
+                self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    w.detach(), list(c.padding), list(c.stride), list(c.dilation), c.groups,
+                    list(x.shape))
+            except (RuntimeError, AttributeError):
+                self._packed = w.detach()
+            self._packed_key = key
+        return self._packed  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad)
+        if (x.device.type == "cpu" and not needs_grad
+                and x.dtype == c.weight.dtype and x.dtype in (torch.float32, torch.bfloat16)):
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x, self._cpu_weight(x), c.bias, list(c.padding), list(c.stride),
+                list(c.dilation), c.groups, "relu" if self.relu else "none", [], "")
+            return y
+        y = c(x)
+        return F.relu(y) if self.relu else y
+
+    def extra_repr(self) -> str:
+        return f"relu={self.relu}"
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv.eval(), bn.eval())
+
+
+def _is_relu(m: nn.Module) -> bool:
+    return isinstance(m, nn.ReLU)
+
+
+def _fuse_sequential(seq: nn.Sequential) -> int:
+    """Fold Conv2d(+BN)(+ReLU) runs inside ``seq`` in place; returns how many were fused."""
+    names = list(seq._modules)
+    fused = 0
+    i = 0
+    while i < len(names):
+        m = seq._modules[names[i]]
+        if isinstance(m, nn.Conv2d) and not isinstance(m, nn.ConvTranspose2d):
+            j = i + 1
+            conv = m
+            if j < len(names) and isinstance(seq._modules[names[j]], nn.BatchNorm2d):
+                conv = _fold_bn(conv, seq._modules[names[j]])
+                seq._modules[names[j]] = nn.Identity()
+                j += 1
+            relu = j < len(names) and _is_relu(seq._modules[names[j]])
+            if relu:
+                seq._modules[names[j]] = nn.Identity()
+                j += 1
+            seq._modules[names[i]] = ConvReLU(conv, relu=relu)
+            fused += 1
+            i = j
+        else:
+            i += 1
+    return fused
+
+
+# attribute pairs (conv, bn, relu or None) in torchvision ResNet blocks / our VGG backbone
+_ATTR_TRIPLES = (
+    ("conv1", "bn1", None), ("conv2", "bn2", None), ("conv3", "bn3", None),
+    ("fc6", None, "relu6"), ("fc7", None, "relu7"),
+)
+
+
+def fuse_conv_bn_relu(model: nn.Module) -> int:
+    """Fold eval-mode BatchNorm into convs and fuse conv + ReLU, in place; returns the count.
+
+    Handles ``nn.Sequential`` runs (VGG features, MobileNetV3's Conv2dNormActivation, ResNet
+    downsample) and the attribute pairs of ResNet blocks (``conv1``/``bn1``; the block's
+    shared ReLU runs after the residual add and stays) and VGG's ``fc6``/``relu6``,
+    ``fc7``/``relu7``. Only for inference: BatchNorm statistics are frozen into the weights.
+    """
+    fused = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            fused += _fuse_sequential(module)
+        for conv_name, bn_name, relu_name in _ATTR_TRIPLES:
+            conv = module._modules.get(conv_name)
+            if not isinstance(conv, nn.Conv2d) or isinstance(conv, nn.ConvTranspose2d):
+                continue
+            bn = module._modules.get(bn_name) if bn_name else None
+            relu = module._modules.get(relu_name) if relu_name else None
+            if bn_name and not isinstance(bn, nn.BatchNorm2d):
+                continue
+            if bn is not None:
+                conv = _fold_bn(conv, bn)
+                module._modules[bn_name] = nn.Identity()
+            with_relu = relu is not None and _is_relu(relu)
+            if with_relu:
+                module._modules[relu_name] = nn.Identity()
+            module._modules[conv_name] = ConvReLU(conv, relu=with_relu)
+            fused += 1
+    return fused
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------
+
+
+class InferenceModel(nn.Module):
+    """An inference-only copy of a model: float32 images in, float32 logits out.
+
+    Built by :func:`optimize_for_inference`; holds ``dtype``, ``channels_last``, ``device``.
+    Attributes of the wrapped FCN (``num_classes``, ``variant``, ...) are forwarded.
+    """
+
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype, channels_last: bool,
+                 device: torch.device, compiled: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.device = device
+        self._compiled = compiled
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Move/cast/lay out an input batch as the optimised model wants it."""
+        x = x.to(self.device, dtype=self.dtype, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, C, H, W) float32 for images (N, 3, H, W) of any dtype/device."""
+        with torch.inference_mode():
+            out = (self._compiled or self.model)(self.prepare(x))
+            return out.float()
+
+    def train(self, mode: bool = True) -> "InferenceModel":
+        if mode:
+            raise RuntimeError("an InferenceModel is inference-only; train the original model")
+        return super().train(False)
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    *,
+    dtype: torch.dtype | str = "auto",
+    channels_last: bool = True,
+    fuse: bool = True,
+    compile: bool = False,
+) -> InferenceModel:
+    """An inference-only, fast copy of ``model`` (``model`` itself is not changed).
+
+    ``dtype``: ``"auto"`` (bf16 where the device computes it natively, else float32), a
+    ``torch.dtype``, or an amp string as :func:`fast_dtype` takes. ``fuse``: fold BatchNorm
+    and fuse conv+ReLU (oneDNN, CPU). ``compile``: also ``torch.compile`` it (Inductor; slow
+    to start, first calls compile). Outputs agree with the float32 model to bf16 precision.
+    """
+    device = torch.device(device) if device is not None else next(
+        (p.device for p in model.parameters()), torch.device("cpu"))
+    if isinstance(dtype, str):
+        dtype = fast_dtype(device, dtype)
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    if fuse and device.type == "cpu":
+        fuse_conv_bn_relu(m)
+    m = m.to(device=device, dtype=dtype)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    compiled = None
+    if compile:
+        if device.type == "cpu":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True  # constant weights: oneDNN prepacking, fusions
+        compiled = torch.compile(m, dynamic=False)
+    return InferenceModel(m, dtype=dtype, channels_last=channels_last, device=device,
+                          compiled=compiled)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How the train loop should run a step on a device (see :func:`training_settings`)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None = float32
+    channels_last: bool
+    use_grad_scaler: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for the forward pass (a no-op for float32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def batch(self, x: Tensor) -> Tensor:
+        """An input batch on the device, channels_last when that is the setting."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def training_settings(device: torch.device | str = "cpu", amp: str = "auto") -> TrainingSettings:
+    """Step settings: bf16 autocast where native (fp16 + GradScaler on old GPUs), channels_last."""
+    device = torch.device(device)
+    dtype = fast_dtype(device, amp)
+    amp_dtype = None if dtype == torch.float32 else dtype
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return TrainingSettings(device=device, amp_dtype=amp_dtype, channels_last=True,
+                            use_grad_scaler=amp_dtype == torch.float16)
+
+
+def prepare_for_training(model: nn.Module, settings: TrainingSettings) -> nn.Module:
+    """Move ``model`` to the device in channels_last (in place; returns it). Before DDP."""
+    model.to(settings.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class FrozenBackboneFCN(nn.Module):
+    """Train an FCN's head on a frozen backbone (the Keras example's configuration).
+
+    The backbone (for VGG: conv layers and fc6/fc7) runs without autograd through the
+    inference path (bf16 where native, fused conv+ReLU, pre-packed weights, channels_last) —
+    dropout after fc6/fc7 still applies in training mode; only ``model.head`` has gradients.
+    ``parameters()`` are the head's; ``state_dict()`` is the full FCN's. Call
+    :meth:`sync_backbone` if the backbone weights are changed afterwards.
+    """
+
+    def __init__(self, model: nn.Module, settings: TrainingSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.head = model.head
+        self._full = [model]  # not a submodule: parameters() = the head's only
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        self.sync_backbone()
+
+    def sync_backbone(self) -> None:
+        """(Re)build the fast frozen copy of the backbone from the model's current weights."""
+        model = self._full[0]
+        dtype = self.settings.amp_dtype or torch.float32
+        bb = copy.deepcopy(model.backbone)
+        if self.settings.device.type == "cpu":
+            fuse_conv_bn_relu(bb)
+        bb = bb.to(self.settings.device, dtype=dtype)
+        if self.settings.channels_last:
+            bb = bb.to(memory_format=torch.channels_last)
+        self._backbone = [bb]
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self._full[0].state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "FrozenBackboneFCN":
+        super().train(mode)
+        self._backbone[0].train(mode)  # dropout on during training; BN folded, so no stats
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, C, H, W) (the head's output dtype under autocast)."""
+        bb = self._backbone[0]
+        dtype = self.settings.amp_dtype or torch.float32
+        with torch.no_grad():
+            xb = self.settings.batch(x).to(dtype)
+            feats = bb(xb)
+        with self.settings.autocast():
+            return self.head(feats, x.shape[-2:])
+
