@@ -591,7 +591,11 @@ class ResultsStore:
             return summary
         schema = SCHEMAS[table]
         parts, sources = [], []
-        for n in live:
+        try:  # one scan of all the sources; file by file only to single out a broken one
+            parts, sources = [self._scan_paths([str(d / n) for n in live], schema, None, None)], live
+        except Exception:
+            parts, sources = [], []
+        for n in ([] if sources else live):
             try:
                 parts.append(self._scan_paths([str(d / n)], schema, None, None))
                 sources.append(n)
