@@ -93,7 +93,7 @@ ENV
 . "$FCN_STATE/env"
 
 # --- fcn-worker daemons ------------------------------------------------------------------------
-# They find Ray through RAY_ADDRESS and Redis through FCN_REDIS_URL (both exported above).
+# Ray: --ray-address (= RAY_ADDRESS); Redis: FCN_REDIS_URL (both exported above).
 if [ "$FCN_WORKERS" -gt 0 ] && ! "$FCN_BIN/python" -c "import fcn_dist.cli.worker" 2>/dev/null; then
   fcn_log "warning: fcn_dist.cli.worker is not importable yet: no fcn-worker started"
   FCN_WORKERS=0
@@ -101,7 +101,7 @@ fi
 for ((i = 1; i <= FCN_WORKERS; i++)); do
   if fcn_alive "$PIDS/worker-$i.pid"; then continue; fi
   # shellcheck disable=SC2086
-  setsid nohup "$FCN_BIN/fcn-worker" ${FCN_WORKER_ARGS:-} >>"$LOGS/worker-$i.log" 2>&1 </dev/null &
+  setsid nohup "$FCN_BIN/fcn-worker" --ray-address "$RAY_ADDRESS" ${FCN_WORKER_ARGS:-} >>"$LOGS/worker-$i.log" 2>&1 </dev/null &
   echo $! >"$PIDS/worker-$i.pid"
   fcn_log "fcn-worker $i: pid $! (log $LOGS/worker-$i.log)"
 done

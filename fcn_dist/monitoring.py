@@ -10,7 +10,9 @@ core worker pushes them every ``RAY_metrics_report_interval_ms`` (10 s by defaul
 node's metrics agent, which serves them in the Prometheus text format at
 ``http://<node>:<metrics_export_port>/metrics`` (``ray start --metrics-export-port``). Ray
 prefixes every name with ``ray_`` and adds ``SessionName``, ``NodeAddress``, ``WorkerId`` and
-``Component`` labels, so gauges from several processes are told apart by ``WorkerId``.
+``Component`` labels, so gauges from several processes are told apart by ``WorkerId``. A
+process's series leave the endpoint a few seconds after the process exits (verified on 2.60):
+Prometheus must scrape while a run is live; the worker daemon re-exports a job's final mIoU.
 
 Metric names as scraped (see ``cluster/README.md`` for what each means)::
 
@@ -56,20 +58,21 @@ _running: dict[str, int] = {}
 # ----------------------------------------------------------------------------- names and links
 
 def run_name(job_id: str | None, variant: str | None = None) -> str:
-    """The Ray Train run name for a queue job, e.g. ``fcn8s-j20261125-ab12cd``.
+    """The Ray Train run name for a queue job: ``<job id>-<variant>``, e.g. ``j20261125-ab12-8s``.
 
-    Pass it as ``RunConfig(name=run_name(job_id, spec.variant))`` so the dashboard's train
-    runs (``/api/train/v2/runs/v1``) and the run directory say which job they belong to. The
-    result is filesystem- and URL-safe ([A-Za-z0-9._-], at most 100 characters) and stable:
-    the same job always gets the same name, so a restarted job resumes into the same run.
+    The same form as ``fcn_dist.train.trainer.default_run_dir`` (Ray Train names a run after its
+    run directory), so use it for the run directory: ``run_dir = runs_path() / run_name(job.id,
+    job.variant)``; the dashboard's train runs (``/api/train/v2/runs/v1``) then say which job
+    and variant each run is. Filesystem- and URL-safe ([A-Za-z0-9._-], at most 100 characters)
+    and stable: the same job always gets the same name, so a retried job resumes its run.
     """
     v = str(variant or "").strip().lower()
-    if v and not v.startswith("fcn"):
-        v = "fcn" + v
+    if v.startswith("fcn"):
+        v = v[3:]
     jid = str(job_id or "adhoc").strip()
-    name = f"{v}-{jid}" if v else jid
+    name = f"{jid}-{v}" if v else jid
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "run"
-    return name[:100]
+    return name[-100:] if len(name) > 100 else name
 
 
 def _normalise_url(address: str | bytes | None) -> str | None:
@@ -275,10 +278,14 @@ def job_started(job_id: str, variant: str | None = None) -> None:
         logger.debug("job_started: %s", exc)
 
 
-def job_finished(job_id: str, variant: str | None = None, status: str = "succeeded") -> None:
-    """A job ended (status: succeeded, failed, cancelled, interrupted, dead, ...):
-    ``fcn_jobs_running`` -1, ``fcn_jobs_finished{status}`` +1. Call exactly once per
-    ``job_started``, in a ``finally``."""
+def job_finished(job_id: str, variant: str | None = None, status: str = "succeeded",
+                 result: Mapping[str, Any] | None = None) -> None:
+    """A job ended (status: the worker's outcome — succeeded, failed, queued (retry), cancelled,
+    released, lost): ``fcn_jobs_running`` -1, ``fcn_jobs_finished{status}`` +1. Call exactly
+    once per ``job_started``, in a ``finally``. With the run's ``result`` summary, its final
+    ``miou`` is set on ``fcn_val_miou{job_id, variant}`` from this long-lived process: Ray drops
+    a process's metrics from the endpoint seconds after it exits, so the Train workers' own
+    per-epoch values vanish when the run ends, while the worker daemon's stay."""
     try:
         m = _get()
         if m is None:
@@ -289,6 +296,9 @@ def job_finished(job_id: str, variant: str | None = None, status: str = "succeed
             running = _running[v]
         m["jobs_running"].set(float(running), tags=_tags(variant=v))
         m["jobs_finished"].inc(1.0, tags=_tags(variant=v, status=status))
+        miou = (result or {}).get("miou") if isinstance(result, Mapping) else None
+        if isinstance(miou, (int, float)):
+            m["val_miou"].set(float(miou), tags=_tags(job_id=job_id, variant=variant))
     except Exception as exc:
         logger.debug("job_finished: %s", exc)
 

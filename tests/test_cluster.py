@@ -108,6 +108,25 @@ def test_config_comments_mark_what_users_change():
         assert any(field in line and "<-- CHANGE" in line for line in text.splitlines()), field
 
 
+def test_k8s_manifests_parse():
+    kinds = {}
+    for path in sorted((CLUSTER / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                assert {"apiVersion", "kind", "metadata"} <= doc.keys(), path
+                kinds.setdefault(doc["kind"], []).append(doc)
+    assert {"RayCluster", "Deployment", "StatefulSet", "Service"} <= kinds.keys()
+    (redis_set,) = kinds["StatefulSet"]
+    assert "--appendonly" in redis_set["spec"]["template"]["spec"]["containers"][0]["args"]
+    (ray,) = kinds["RayCluster"]
+    assert ray["spec"]["rayVersion"] == "2.60.0"
+    group = ray["spec"]["workerGroupSpecs"][0]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu") == 1
+    (worker,) = kinds["Deployment"]
+    assert "fcn-worker" in " ".join(worker["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 # ------------------------------------------------------------------ the local stack scripts
 
 def test_scripts_parse():
@@ -153,7 +172,7 @@ class Stack:
             FCN_STATE=str(self.state), FCN_RAY_TMP=str(self.ray_tmp), FCN_RAY_PORT=str(ray_port),
             FCN_DASHBOARD_PORT=str(dash), FCN_METRICS_PORT=str(metrics),
             FCN_REDIS_PORT=str(redis_port), FCN_HEAD_CPUS="2", FCN_OBJECT_STORE_MB="200",
-            FCN_WORKERS="0", FCN_STOP_GRACE="20", RAY_AUTH_TOKEN=self.token,
+            FCN_WORKERS="0", FCN_STOP_GRACE="20", FCN_REDIS_PREFIX="fcn:", RAY_AUTH_TOKEN=self.token,
             RAY_USAGE_STATS_ENABLED="0",
         )
         self.address = f"127.0.0.1:{ray_port}"
@@ -228,7 +247,22 @@ def test_local_stack_up_add_node_down(stack):
     status, text = _get(f"http://127.0.0.1:{stack.metrics}/metrics")
     assert status == 200 and "ray_" in text
 
-    stack.sh("up.sh")  # idempotent: keeps what runs
+    # a worker daemon of the stack takes a job from the stack's Redis (stand-in run function)
+    stack.env.update(FCN_WORKER_ARGS="--run-fn fcn_dist.queue.demo:run --poll-interval 0.2",
+                     PYTHONPATH=str(REPO))
+    stack.sh("up.sh", "--workers", "1")  # idempotent: keeps Redis and the head, adds the worker
+    assert (stack.state / "pids" / "worker-1.pid").exists()
+    from fcn_dist.queue.redis_queue import JobQueue
+    from fcn_dist.spec import JobSpec
+
+    q = JobQueue(f"redis://127.0.0.1:{stack.redis_port}/0")  # the stack's own Redis
+    job_id = q.submit(JobSpec(name="stack-check", epochs=1)).id
+    deadline = time.time() + 60
+    while q.get(job_id).state != "succeeded":
+        assert time.time() < deadline, (q.get(job_id).state,
+                                        (stack.state / "logs" / "worker-1.log").read_text()[-2000:])
+        time.sleep(0.5)
+
     stack.sh("add-node.sh", "--name", "n2", "--num-cpus", "1")
     nodes = stack.wait_nodes(2)
     assert len(nodes) == 2, nodes
@@ -240,6 +274,7 @@ def test_local_stack_up_add_node_down(stack):
     assert stack.ray_pids() == [], "Ray processes of the stack's temp dir survived down.sh"
     with pytest.raises(Exception):
         _redis(stack.redis_port).ping()
+    assert not list((stack.state / "pids").glob("*.pid")), "pid files left behind"
     aof = list((stack.state / "redis").rglob("*.aof"))
     assert aof, "no AOF files in the data folder"
 
@@ -289,7 +324,7 @@ def _train_ready() -> str | None:
 
 @pytest.mark.slow
 def test_two_worker_job_spans_two_nodes(stack, tmp_path):
-    """A 2-worker Ray Train job on head (2 CPUs) + added node (2 CPUs) with 1.5 CPUs per worker:
+    """A 2-worker Ray Train job on head (3 CPUs) + added node (3 CPUs) with 2 CPUs per worker:
     one rank per node, so DDP really crosses nodes; it runs to completion."""
     reason = _train_ready()
     if reason:
@@ -301,29 +336,36 @@ def test_two_worker_job_spans_two_nodes(stack, tmp_path):
     spec = JobSpec.from_yaml(REPO / "jobs" / "smoke.yaml")
     data_root = tmp_path / "data"
     if not spec.data_dir(data_root).exists():
-        prepare("synthetic", spec.data_dir(data_root), count=24, size=64)
+        prepare("synthetic", spec.data_dir(data_root), count=24, size=(64, 64))
     stack.env.update(FCN_DATA=str(data_root), FCN_STORE=str(tmp_path / "store"),
                      FCN_RUNS=str(tmp_path / "runs"), RAY_ADDRESS=stack.address,
                      RAY_AUTH_MODE="token", RAY_TRAIN_ENABLE_STATE_TRACKING="1",
                      PYTHONPATH=str(REPO))
+    # 3 logical CPUs per node and 2 per rank: the two ranks cannot share a node, and each node
+    # keeps 1 CPU for Ray Data's read/map tasks (a rank of 1.5 would leave 0.5: data starves)
+    stack.env.update(FCN_HEAD_CPUS="3")
     stack.sh("up.sh")
-    stack.sh("add-node.sh", "--name", "n2", "--num-cpus", "2")
+    stack.sh("add-node.sh", "--name", "n2", "--num-cpus", "3")
     assert len(stack.wait_nodes(2)) == 2
 
     job_id = "fcncluster-2node"
+    name = monitoring.run_name(job_id, spec.variant)
     t0 = time.time()
-    out = subprocess.run(
-        [sys.executable, "-c", MULTI, str(REPO / "jobs" / "smoke.yaml"), job_id,
-         str(tmp_path / "runs" / job_id), "num_workers=2", "cpus_per_worker=1.5", "use_gpu=false",
-         "epochs=1"],
-        env=stack.env, cwd=REPO, capture_output=True, text=True, timeout=540)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", MULTI, str(REPO / "jobs" / "smoke.yaml"), job_id,
+             str(tmp_path / "runs" / name), "num_workers=2", "cpus_per_worker=2", "use_gpu=false",
+             "epochs=1", "steps_per_epoch=4"],
+            env=stack.env, cwd=REPO, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"2-node job did not finish in 420 s; stderr tail:\n{err[-4000:]}")
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
     assert result["job_id"] == job_id
 
     status, body = _get(f"http://127.0.0.1:{stack.dash}/api/train/v2/runs/v1", stack.token)
     assert status == 200
-    name = monitoring.run_name(job_id, spec.variant)
     runs = [r for r in json.loads(body)["train_runs"] if r["name"] == name]
     assert runs, f"no train run named {name}"
     nodes = {w["node_id"] for a in runs[-1]["attempts"] for w in a["workers"]}

@@ -37,13 +37,26 @@ RAY_BIN = Path(sys.executable).with_name("ray")
 
 def test_run_name_is_stable_safe_and_says_which_job():
     name = monitoring.run_name("j20261125-ab12", "8s")
-    assert name == "fcn8s-j20261125-ab12"
+    assert name == "j20261125-ab12-8s"
     assert monitoring.run_name("j20261125-ab12", "fcn8s") == name
     assert monitoring.run_name("j20261125-ab12", "8s") == name  # stable: resume finds it
     weird = monitoring.run_name("a b/../c:d", "16s")
     assert re.fullmatch(r"[A-Za-z0-9._-]+", weird) and "16s" in weird
     assert len(monitoring.run_name("x" * 500, "32s")) <= 100
     assert monitoring.run_name(None, None) == "adhoc"
+    assert monitoring.run_name("x" * 500, "32s").endswith("-32s")  # the variant survives
+
+
+def test_run_name_matches_the_trainers_default_run_dir():
+    """Ray Train names a run after its directory: keep both conventions the same."""
+    try:
+        from fcn_dist.train.trainer import default_run_dir
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"fcn_dist.train.trainer not importable: {exc}")
+    from fcn_dist.spec import JobSpec
+
+    spec = JobSpec(variant="16s")
+    assert default_run_dir(spec, "j42").name == monitoring.run_name("j42", spec.variant)
 
 
 def test_dashboard_url_prefers_user_env(monkeypatch):
@@ -51,7 +64,7 @@ def test_dashboard_url_prefers_user_env(monkeypatch):
     assert monitoring.dashboard_url() == "http://localhost:18265"
     links = monitoring.dashboard_links("j1", "8s")
     assert links["dashboard"] == "http://localhost:18265"
-    assert links["run_name"] == "fcn8s-j1"
+    assert links["run_name"] == "j1-8s"
     assert links["train_runs"].endswith("/api/train/v2/runs/v1")
 
 
@@ -214,7 +227,7 @@ DRIVER = textwrap.dedent("""
     # what the queue worker does
     m.record_queue_depth({"queued": 4, "running": 1, "failed": 2})
     m.job_started("fcnmon-job1", "8s")
-    m.job_finished("fcnmon-job1", "8s", "succeeded")
+    m.job_finished("fcnmon-job1", "8s", "succeeded", result={"miou": 0.7})
     m.job_started("fcnmon-job2", "16s")    # still running
 
     # what rank 0 of the training loop does, in a Ray actor like a Train worker
@@ -275,7 +288,7 @@ def test_dashboard_api_and_custom_metrics(ray_head):
         assert info["actor_url"] == ray_head.dashboard  # Ray's own get_dashboard_url() is wrong here
         assert info["links"]["dashboard"] == ray_head.dashboard
         assert info["links"]["ray_job"].startswith(ray_head.dashboard + "/#/jobs/")
-        assert info["links"]["run_name"] == "fcn8s-fcnmon-job1"
+        assert info["links"]["run_name"] == "fcnmon-job1-8s"
 
         text = _wait_metrics(ray_head, [
             "ray_fcn_queue_jobs{", "ray_fcn_jobs_running{", "ray_fcn_jobs_started_total{",
@@ -292,7 +305,10 @@ def test_dashboard_api_and_custom_metrics(ray_head):
         finished = [ln for ln in text.splitlines()
                     if ln.startswith("ray_fcn_jobs_finished") and 'status="succeeded"' in ln]
         assert finished and float(finished[0].rsplit(" ", 1)[1]) == 1, finished
-        assert _metric_value(text, "ray_fcn_val_miou", job_id="fcnmon-job1", variant="8s") == 0.625
+        # rank 0's last epoch (actor) and the worker's final result (driver): one series each
+        mious = sorted(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                       if ln.startswith("ray_fcn_val_miou{") and 'job_id="fcnmon-job1"' in ln)
+        assert mious == [0.625, 0.7], mious
         assert _metric_value(text, "ray_fcn_train_images_per_second", job_id="fcnmon-job1") == 42
         assert _metric_value(text, "ray_fcn_train_epoch_seconds", job_id="fcnmon-job1") == 12.5
         assert _metric_value(text, "ray_fcn_train_epoch", job_id="fcnmon-job1") == 3
@@ -359,27 +375,43 @@ def test_smoke_job_shows_in_dashboard_and_metrics(ray_head, tmp_path):
     data_dir = spec.data_dir(data_root)
     if not data_dir.exists():
         assert spec.data == "synthetic" or "synthetic" in str(spec.data), spec.data
-        prepare("synthetic", data_dir, count=24, size=64)
+        prepare("synthetic", data_dir, count=24, size=(64, 64))
     job_id = "fcnmon-smoke1"
+    name = monitoring.run_name(job_id, spec.variant)
     env = ray_head.env()
     env.update(FCN_DATA=str(data_root), FCN_STORE=str(tmp_path / "store"),
-               FCN_RUNS=str(tmp_path / "runs"), FCN_TEST_RUN_DIR=str(tmp_path / "runs" / job_id))
+               FCN_RUNS=str(tmp_path / "runs"), FCN_TEST_RUN_DIR=str(tmp_path / "runs" / name))
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-c", SMOKE, str(REPO / "jobs" / "smoke.yaml"), job_id,
-                          "epochs=1"], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=540)
-    assert out.returncode == 0, out.stderr[-4000:]
-    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    # Scrape while the job runs: a Train worker's series leave the endpoint seconds after the
+    # worker exits, so after the run there is nothing left to find.
+    proc = subprocess.Popen([sys.executable, "-c", SMOKE, str(REPO / "jobs" / "smoke.yaml"),
+                             job_id, "epochs=2"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    fcn_lines: list[str] = []
+    try:
+        while proc.poll() is None and time.time() - t0 < 540:
+            for ln in ray_head.scrape().splitlines():
+                if ln.startswith("ray_fcn_") and job_id in ln:
+                    seen.add(ln.split("{")[0])
+                    fcn_lines.append(ln)
+            time.sleep(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-4000:]
+    result = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))[7:])
     assert result["job_id"] == job_id and result["status"]
-    name = monitoring.run_name(job_id, spec.variant)
 
     status, body = ray_head.api("/api/train/v2/runs/v1")
     assert status == 200, body[:1000]
     runs = json.loads(body).get("train_runs", [])
     assert any(r.get("name") == name for r in runs), [r.get("name") for r in runs]
 
-    text = ray_head.scrape()  # the training workers are gone; their last report stays a while
-    fcn_lines = [ln for ln in text.splitlines() if ln.startswith("ray_fcn_") and job_id in ln]
-    print(f"smoke job {time.time() - t0:.1f}s; metrics: {len(fcn_lines)} lines")
-    assert any(ln.startswith("ray_fcn_val_miou{") for ln in fcn_lines) or any(
-        ln.startswith("ray_fcn_train_epoch_seconds{") for ln in fcn_lines), fcn_lines
+    print(f"smoke job {time.time() - t0:.1f}s; job metrics seen while it ran: {sorted(seen)}")
+    missing = {"ray_fcn_val_miou", "ray_fcn_train_epoch_seconds",
+               "ray_fcn_train_images_per_second"} - seen
+    assert not missing, (f"{sorted(missing)} never exported for job {job_id}: rank 0 of the "
+                         "training loop must call fcn_dist.monitoring.record_epoch(job_id, "
+                         f"variant, ...) each epoch; fcn lines: {fcn_lines[-10:]}")
