@@ -315,19 +315,22 @@ def optimize_for_inference(
     channels_last: bool = True,
     fuse: bool = True,
     compile: bool = False,
+    inplace: bool = False,
 ) -> InferenceModel:
     """An inference-only, fast copy of ``model`` (``model`` itself is not changed).
 
     ``dtype``: ``"auto"`` (bf16 where the device computes it natively, else float32), a
     ``torch.dtype``, or an amp string as :func:`fast_dtype` takes. ``fuse``: fold BatchNorm
     and fuse conv+ReLU (oneDNN, CPU). ``compile``: also ``torch.compile`` it (Inductor; slow
-    to start, first calls compile). Outputs agree with the float32 model to bf16 precision.
+    to start, first calls compile). ``inplace=True`` converts ``model`` itself instead of a
+    copy (no second set of weights in memory; the caller must not train ``model`` afterwards).
+    Outputs agree with the float32 model to bf16 precision.
     """
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     if isinstance(dtype, str):
         dtype = fast_dtype(device, dtype)
-    m = copy.deepcopy(model).eval()
+    m = (model if inplace else copy.deepcopy(model)).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     if fuse and device.type == "cpu":

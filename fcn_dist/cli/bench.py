@@ -1,0 +1,98 @@
+"""``fcn-bench``: model and service benchmarks; prints a table, ``--json OUT`` writes figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fcn_dist.errors import FcnError
+
+
+def _fail(exc: Any, code: int = 1) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
+def _ints(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in str(value).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+def _write_json(path: str | None, res: dict[str, Any]) -> None:
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(res, indent=2, sort_keys=True, default=str) + "\n")
+        click.echo(f"wrote {p}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation) and
+    `fcn-bench service` (Ray Train overhead, ingest, queue, store). Figures, never asserts."""
+
+
+@main.command()
+@click.argument("name", default="fcn8s_vgg19")
+@click.option("--size", type=int, default=None, help="main input size (square); default 224")
+@click.option("--sizes", default=None, metavar="LIST",
+              help="comma-separated sizes for inference (first = main), e.g. 224,512,1024")
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--num-classes", type=int, default=3, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--iters", type=int, default=3, show_default=True,
+              help="timed inference calls per size (best is reported)")
+@click.option("--train-iters", type=int, default=2, show_default=True)
+@click.option("--latency-iters", type=int, default=10, show_default=True)
+@click.option("--gemm-sizes", default="1024,2048,4096", show_default=True, metavar="LIST")
+@click.option("--threads", type=int, default=None, help="intra-op threads (default: cores)")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="also time the plain fp32 eager model (for speedups)")
+@click.option("--training/--no-training", default=True, show_default=True)
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="peak memory per configuration (a fresh subprocess each)")
+@click.option("--compile", "compile_", is_flag=True, help="also torch.compile the model")
+@click.option("--profile/--no-profile", default=True, show_default=True,
+              help="time share per kernel family (torch.profiler)")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
+def model(name, size, sizes, batch, num_classes, device, iters, train_iters, latency_iters,
+          gemm_sizes, threads, baseline, training, memory, compile_, profile, json_out) -> None:
+    """Inference/training images/s, latency, memory, GFLOPs and utilisation of model NAME."""
+    import torch
+
+    from fcn_dist.bench.model import format_model_table, run_model_bench
+
+    size_list = _ints(sizes) or []
+    if size is not None:
+        size_list = [size] + [s for s in size_list if s != size]
+    size_list = size_list or [224]
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda: no CUDA device available", 2)
+    try:
+        res = run_model_bench(
+            name, sizes=size_list, batch=batch, num_classes=num_classes,
+            device=None if device == "auto" else device, iters=iters,
+            train_iters=train_iters, latency_iters=latency_iters,
+            gemm_sizes=tuple(_ints(gemm_sizes) or [2048]), baseline=baseline,
+            training=training, memory=memory, compile=compile_, profile=profile,
+            threads=threads, log=lambda s: click.echo(s, err=True))
+    except FcnError as exc:
+        _fail(exc, 2)
+    click.echo(format_model_table(res))
+    _write_json(json_out, res)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""fcn-bench (model part) and fcn_dist.perf: keys and sanity of the figures, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fcn_dist.cli.bench import main
+from fcn_dist.models import create_model
+from fcn_dist.perf import (
+    ConvReLU,
+    FrozenBackboneFCN,
+    fast_dtype,
+    optimize_for_inference,
+    training_settings,
+)
+
+
+def test_fcn_bench_model_json(tmp_path):
+    out = tmp_path / "out.json"
+    r = CliRunner().invoke(main, [
+        "model", "fcn32s_resnet18", "--size", "64", "--batch", "2", "--iters", "1",
+        "--train-iters", "1", "--latency-iters", "1", "--gemm-sizes", "128",
+        "--no-memory", "--device", "cpu", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "img/s" in r.output
+    res = json.loads(out.read_text())
+    for key in ("inference_images_per_second", "latency_ms_p50", "latency_ms_p95",
+                "gflops_per_image", "utilisation", "bound_images_per_second",
+                "train_images_per_second_full", "train_images_per_second_frozen",
+                "baseline_fp32_images_per_second", "speedup_vs_fp32_eager"):
+        assert isinstance(res[key], (int, float)) and res[key] > 0, key
+    assert res["gemm"]["float32"]["gflops"] > 0
+    assert res["sizes"][0]["size"] == 64
+    assert set(res["training"]) == {"fast_frozen", "fast_full", "fp32_frozen", "fp32_full"}
+    # ResNet-18 FCN-32s at 64x64: ~1.8 GFLOP/img at 224 scaled by pixels, well under 1
+    assert 0.05 < res["gflops_per_image"] < 1.0
+
+
+def test_fcn_bench_rejects_bad_sizes():
+    r = CliRunner().invoke(main, ["model", "fcn32s_resnet18", "--sizes", "64,x"])
+    assert r.exit_code == 2
+
+
+def test_memory_probe_subprocess():
+    from fcn_dist.bench.model import memory_probe
+
+    mem = memory_probe({"model": "fcn32s_resnet18", "num_classes": 3, "size": 64, "batch": 1,
+                        "mode": "fast_infer"})
+    assert "error" not in mem, mem
+    assert mem["peak_rss_mb"] > mem["base_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn8s_resnet18", "fcn8s_mobilenet_v3_small"])
+def test_optimize_for_inference_matches_fp32(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    for p in model.head.parameters():  # score layers start at zero: make the output non-trivial
+        torch.nn.init.normal_(p, 0.0, 0.01)
+    model.eval()
+    x = torch.randn(2, 3, 80, 96)
+    with torch.no_grad():
+        ref = model(x)
+    fast32 = optimize_for_inference(model, "cpu", dtype=torch.float32)
+    assert any(isinstance(m, ConvReLU) for m in fast32.modules())
+    y = fast32(x)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    fast = optimize_for_inference(model, "cpu", dtype=torch.bfloat16)
+    err = (fast(x) - ref).abs().max() / ref.abs().max()
+    assert err < 0.05
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_frozen_backbone_trains_head_only():
+    torch.manual_seed(0)
+    model = create_model("fcn32s_resnet18", 3)
+    settings = training_settings("cpu", amp="off")
+    net = FrozenBackboneFCN(model, settings).train()
+    params = list(net.parameters())
+    assert params and all(p.requires_grad for p in params)
+    assert {id(p) for p in params} == {id(p) for p in model.head.parameters()}
+    x = torch.randn(2, 3, 64, 64)
+    logits = net(x)
+    assert logits.shape == (2, 3, 64, 64)
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert set(net.state_dict()) == set(model.state_dict())
+
+
+def test_fast_dtype_off_is_fp32():
+    assert fast_dtype("cpu", "off") == torch.float32
