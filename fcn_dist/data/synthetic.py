@@ -1,7 +1,7 @@
 """Procedural segmentation data: shapes with border bands on textured backgrounds.
 
 Each image holds 1-3 filled shapes (ellipse, rotated rectangle, triangle) on a textured
-background. Every shape has a border band (an outline of width 10% of the image side (at least 4 px), centred on
+background. Every shape has a border band (an outline of width 1/8 of the image side (at least 4 px), centred on
 the edge) labelled as its own class, like the Pets trimap border. Appearance cues are clear but
 not trivial: backgrounds are desaturated and textured (low-frequency blotches + stripes + noise),
 shapes are saturated and mildly textured, bands are dark; shapes can overlap (later ones on top).
@@ -71,7 +71,7 @@ def generate(index: int, seed: int = 0, size: tuple[int, int] = (64, 64), shape_
     h, w = size
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), h, w])
     side = min(h, w)
-    band = max(4, round(side * 0.1))  # >= ~3/4 of the 1/8-stride cell at 64 px: learnable by FCN-8s
+    band = max(4, round(side * 0.125))  # one 1/8-stride cell: learnable by FCN-8s
     border_class = 4 if shape_classes else 2
 
     # background: desaturated base colour, blotches, stripes, pixel noise
