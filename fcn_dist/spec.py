@@ -75,6 +75,7 @@ class JobSpec:
     #   order read from the shards) | auto (torch when deterministic, else ray)
     val_split: str | None = None  # split validated every epoch; null = "val"
     test_split: str | None = None  # split the best checkpoint is scored on; null = "test" if any, else val
+    verify_data: bool = True  # sha256-check the shards before training (a corrupt one fails at once)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -94,5 +94,45 @@ def model(name, size, sizes, batch, num_classes, device, iters, train_iters, lat
     _write_json(json_out, res)
 
 
+_PARTS = ("train", "ingest", "queue", "store")
+
+
+@main.command()
+@click.option("--model", "model_name", default="fcn8s_resnet18", show_default=True,
+              help="model trained in the Ray Train / plain-loop comparison")
+@click.option("--size", type=int, default=128, show_default=True, help="crop size")
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--steps", type=int, default=8, show_default=True, help="training steps per epoch")
+@click.option("--count", type=int, default=160, show_default=True,
+              help="synthetic images (train split = 80%)")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="Redis for the queue figures (a unique key prefix, removed afterwards)")
+@click.option("--queue-jobs", type=int, default=500, show_default=True)
+@click.option("--store-runs", type=int, default=10_000, show_default=True)
+@click.option("--store-epochs", type=int, default=10, show_default=True)
+@click.option("--only", "only", multiple=True, type=click.Choice(_PARTS),
+              help="run only these parts (repeatable); default: all")
+@click.option("--skip", "skip", multiple=True, type=click.Choice(_PARTS),
+              help="skip these parts (repeatable)")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
+def service(model_name, size, batch, steps, count, redis_url, queue_jobs, store_runs,
+            store_epochs, only, skip, json_out) -> None:
+    """Ray Train overhead, Ray Data ingest, Redis submit latency, Parquet store figures."""
+    from fcn_dist.bench.service import format_service_table, run_service_bench
+
+    parts = tuple(p for p in (only or _PARTS) if p not in skip)
+    if not parts:
+        _fail("nothing to run (every part skipped)", 2)
+    try:
+        res = run_service_bench(model=model_name, size=size, batch=batch, steps=steps,
+                                count=count, redis_url=redis_url, queue_jobs=queue_jobs,
+                                store_runs=store_runs, store_epochs=store_epochs, parts=parts,
+                                log=lambda s: click.echo(s, err=True))
+    except FcnError as exc:
+        _fail(exc, 2)
+    click.echo(format_service_table(res))
+    _write_json(json_out, res)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

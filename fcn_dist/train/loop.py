@@ -20,6 +20,7 @@ exactly. ``"auto"`` picks ``torch`` when ``spec.deterministic`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -136,7 +137,7 @@ def build_optimizer(model: torch.nn.Module, spec) -> torch.optim.Optimizer:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, *, num_classes: int, ignore_index: int,
              batch_size: int = 8, indices: list[int] | None = None, device: Any = "cpu",
-             amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+             amp_dtype: torch.dtype | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Confusion matrix, loss and metrics of ``model`` over ``dataset`` (``ShardDataset``-like).
 
     ``indices`` restricts this process to its share. Under ``torch.distributed`` the confusion
@@ -149,10 +150,16 @@ def evaluate(model: torch.nn.Module, dataset, *, num_classes: int, ignore_index:
     cm_metric = M.confusion_matrix_metric(num_classes, ignore_index, device)
     loss_stats = torch.zeros(2, dtype=torch.float64, device=device)
     idx = list(range(len(dataset))) if indices is None else list(indices)
-    for start in range(0, len(idx), batch_size):
-        items = [dataset[i] for i in idx[start:start + batch_size]]
-        x = torch.stack([it[0] for it in items]).to(device)
-        y = torch.stack([it[1] for it in items]).to(device)
+    if num_workers > 0 and idx:  # decode in background processes (GPU runs); same order
+        batches: Any = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, idx), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, pin_memory=device.type == "cuda")
+    else:
+        batches = (_stack([dataset[i] for i in idx[s:s + batch_size]])
+                   for s in range(0, len(idx), batch_size))
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(x)
         loss_sum, norm = segmentation_loss(logits, y, ignore_index)
@@ -166,6 +173,10 @@ def evaluate(model: torch.nn.Module, dataset, *, num_classes: int, ignore_index:
     out["loss"] = float(loss_stats[0] / loss_stats[1].clamp_min(1))
     out["confusion_matrix"] = cm_np.astype("int64").tolist()
     return out
+
+
+def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
 
 
 # --------------------------------------------------------------------------- training data
@@ -226,6 +237,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         device = device[0]
     run_dir = Path(config["run_dir"])
     stop_file = run_dir / STOP_FILE
+    # which process is which rank (operators and the fault-injection tests use it)
+    with contextlib.suppress(OSError):
+        (run_dir / f".worker-{rank}.pid").write_text(f"{os.getpid()}\n")
     data_dir = config["data_dir"]
     num_classes = int(config["num_classes"])
     ignore_index = int(config["ignore_index"])
@@ -280,7 +294,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     start_epoch, skip_steps = 1, 0
     totals = {"train_seconds": 0.0, "train_images": 0, "image_seconds": 0.0,
               "best_val_miou": -1.0, "best_epoch": 0}
-    rng_restore = None
+    rng_restore, progress = None, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -292,6 +306,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             rngs = state.get("rng") or []
             if len(rngs) == world:
                 rng_restore = rngs[rank]
+            progress = state.get("progress")  # the epoch's loss/metric sums before the stop
         else:
             start_epoch = int(state["epoch"]) + 1
 
@@ -322,7 +337,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     ids = {"run_id": config["run_id"], "job_id": config.get("job_id"), "variant": spec.variant,
            "backbone": spec.backbone, "dataset": config["dataset"]}
 
-    def report(epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> None:
+    def report(epoch: int, step_in_epoch: int, metrics: dict[str, Any],
+               progress: dict[str, Any] | None = None) -> None:
         """Rank 0 writes the checkpoint directory; every rank calls ray.train.report."""
         rngs = _gather_rng()
         name = f"epoch_{epoch:04d}" + (f"_step_{step_in_epoch:06d}" if step_in_epoch else "")
@@ -333,7 +349,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if use_scaler else {}, "epoch": epoch,
             "step_in_epoch": step_in_epoch, "rng": rngs, "totals": dict(totals),
-            "world_size": world,
+            "world_size": world, "progress": progress,
         }
         meta = {**meta_base, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "metrics": {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}}
@@ -353,8 +369,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     model.train()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, spec.epochs + 1):
-        t0 = time.perf_counter()
         skip = skip_steps if epoch == start_epoch else 0
+        prog = progress if skip else None
+        t0 = time.perf_counter() - (float(prog["seconds"]) if prog else 0.0)
         if skip and rng_restore is not None:
             ckpt_io.set_rng_state(rng_restore)
         else:
@@ -368,6 +385,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_cm = M.confusion_matrix_metric(num_classes, ignore_index, device)
         loss_stats = torch.zeros(2, dtype=torch.float64, device=device)
         images, step, stopped, failure = 0, skip, False, None
+        if prog:  # resuming mid-epoch: the sums so far (global ones, held by rank 0 alone)
+            loss_stats += prog["loss_stats"].to(device, torch.float64)  # identical on all ranks
+            if rank == 0:
+                train_cm.confmat += prog["train_cm"].to(device, train_cm.confmat.dtype)
+                images = int(prog["images"])
         for x, y in batches:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -407,15 +429,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
         img_t = torch.tensor([images], dtype=torch.float64, device=device)
         _all_reduce(img_t)
-        totals["train_images"] += int(img_t.item())
-        totals["image_seconds"] += train_seconds
-        train_summary = M.summarize(train_cm.compute().cpu().numpy())  # synced over ranks
+        train_cm_global = train_cm.compute()  # synced over ranks
 
         if stopped and step < steps_per_epoch:
-            # mid-epoch stop: a checkpoint that resumes at this very step; never the "best"
-            totals["train_seconds"] += train_seconds
-            report(epoch, step, {"epoch": epoch, SCORE_ATTRIBUTE: -1.0, "partial": 1, "step": step})
+            # mid-epoch stop: a checkpoint that resumes at this very step (never the "best"),
+            # with the epoch's sums so far so that its epoch row equals an uninterrupted one
+            part = {"loss_stats": loss_stats.cpu(), "train_cm": train_cm_global.cpu(),
+                    "images": int(img_t.item()), "seconds": train_seconds}
+            report(epoch, step, {"epoch": epoch, SCORE_ATTRIBUTE: -1.0, "partial": 1, "step": step},
+                   progress=part)
             return _summary("stopped", epoch, totals, world, device) if rank == 0 else None
+        totals["train_images"] += int(img_t.item())
+        totals["image_seconds"] += train_seconds
+        train_summary = M.summarize(train_cm_global.cpu().numpy())
 
         # BatchNorm running stats drift apart per rank (each updates them with its own batch):
         # take rank 0's, the ones the checkpoint holds, so validation evaluates that model
@@ -423,7 +449,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             for buf in bare.buffers():
                 torch.distributed.broadcast(buf, 0)
         val = evaluate(bare, val_ds, num_classes=num_classes, ignore_index=ignore_index,
-                       batch_size=eval_bs, indices=val_indices, device=device, amp_dtype=amp_dtype)
+                       batch_size=eval_bs, indices=val_indices, device=device, amp_dtype=amp_dtype,
+                       num_workers=int(config.get("loader_workers", 0)))
         epoch_seconds = time.perf_counter() - t0
         totals["train_seconds"] += epoch_seconds
         if val["miou"] > totals["best_val_miou"]:
@@ -448,6 +475,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "epoch_seconds": epoch_seconds, "images_per_second": ips, "world_size": world,
                 "device": device.type,
             }])
+        if rank == 0:  # progress line (the driver shows worker output when Ray logs to it)
+            print(f"[{config['run_id']}] epoch {epoch}/{spec.epochs}: train loss "
+                  f"{metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, val mIoU {val['miou']:.4f}, "
+                  f"pixel acc {val['pixel_accuracy']:.4f} ({epoch_seconds:.1f} s, {ips:.1f} images/s)",
+                  flush=True)
         report(epoch, 0, metrics)
         if stopped and epoch < spec.epochs:
             return _summary("stopped", epoch, totals, world, device) if rank == 0 else None

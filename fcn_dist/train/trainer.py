@@ -240,8 +240,10 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
     test_split = spec.test_split or ("test" if "test" in manifest.splits else val_split)
     if test_split not in manifest.splits:
         raise SpecError(f"test_split: {data_dir} has no {test_split!r} split")
-    for split in {"train", val_split, test_split}:
-        verify(manifest, split)  # a truncated/missing shard fails here, named, before Ray starts
+    for split in sorted({"train", val_split, test_split}):
+        # size, row count and sha256 of every shard: a corrupt shard fails here with a DataError
+        # naming it, before Ray starts (a worker-side failure would be retried max_failures times)
+        verify(manifest, split, sha256=spec.verify_data)
 
     run_path = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(spec, job_id)
     run_id = run_path.name
@@ -260,7 +262,7 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None,
-                 log_to_driver=False, configure_logging=False)
+                 configure_logging=False)
     use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
     world = spec.num_workers
     n_train = manifest.splits["train"]
@@ -293,6 +295,8 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         "palette": manifest.palette, "ignore_index": manifest.ignore_index,
         "val_split": val_split, "steps_per_epoch": steps, "data_loader": data_loader,
         "init_from": init_from, "class_weights": class_weights,
+        # validation decoding processes: only where the worker has CPUs to spare (GPU runs)
+        "loader_workers": min(4, max(0, int(resources["CPU"]) - 1)) if use_gpu else 0,
     }
     datasets = None
     if data_loader == "ray":

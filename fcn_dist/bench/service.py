@@ -1,0 +1,481 @@
+"""Service benchmark: Ray Train overhead, Ray Data ingest, Redis queue, Parquet store.
+
+Each part returns a JSON-able dict (or ``{"skipped": reason}`` when what it needs is missing:
+Redis not reachable, a package not landed). The parts share a small synthetic dataset made
+with :func:`fcn_dist.data.prepare`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fcn_dist.bench.timing import machine_info, percentile
+
+__all__ = [
+    "bench_ingest",
+    "bench_plain_loop",
+    "bench_queue",
+    "bench_ray_train",
+    "bench_store",
+    "format_service_table",
+    "run_service_bench",
+]
+
+
+def _spec(model: str, size: int, batch: int, steps: int, data_dir: str, **kw: Any):
+    from fcn_dist.models import parse_model_name
+    from fcn_dist.spec import JobSpec
+
+    variant, backbone = parse_model_name(model)
+    return JobSpec(name="bench", data=str(data_dir), variant=variant, backbone=backbone,
+                   backbone_weights=None, epochs=2, batch_size=batch, crop_size=[size, size],
+                   eval_size=[size, size], num_workers=1, use_gpu="auto", steps_per_epoch=steps,
+                   data_loader="torch", verify_data=False, max_failures=0, **kw)
+
+
+def prepare_data(out: str | os.PathLike, count: int, size: int) -> str:
+    """A synthetic dataset (``count`` images of ``size``^2) under ``out``; returns its path."""
+    from fcn_dist.data import prepare
+
+    prepare("synthetic", out, count=count, size=(size, size), overwrite=True)
+    return str(out)
+
+
+def bench_plain_loop(spec, steps: int, threads: int | None = None) -> dict[str, Any]:
+    """The train loop's step outside Ray: same data path, model, optimizer, AMP, loss, metrics.
+
+    Returns ``images_per_second`` over the steps after the first (warm-up) one.
+    """
+    from fcn_dist.data import ShardDataset, read_manifest
+    from fcn_dist.data.transforms import train_transform
+    from fcn_dist.models import create_model
+    from fcn_dist.train import metrics as M
+    from fcn_dist.train.loop import autocast, build_optimizer, resolve_amp, segmentation_loss
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() and spec.use_gpu != "false"
+                              else "cpu")
+        man = read_manifest(spec.data_dir())
+        ds = ShardDataset(spec.data_dir(), "train",
+                          transform=train_transform(list(spec.crop_size), man.ignore_index))
+        torch.manual_seed(spec.seed)
+        model = create_model(spec.model_name, man.num_classes).to(device).train()
+        opt = build_optimizer(model, spec)
+        amp_dtype, use_scaler = resolve_amp(spec.amp, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        cm = M.confusion_matrix_metric(man.num_classes, man.ignore_index, device)
+        n = len(ds)
+        times: list[float] = []
+        for step in range(steps + 1):
+            t0 = time.perf_counter()
+            idx = [(step * spec.batch_size + i) % n for i in range(spec.batch_size)]
+            items = [ds[i] for i in idx]
+            x = torch.stack([it[0] for it in items]).to(device)
+            y = torch.stack([it[1] for it in items]).to(device)
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            loss_sum, norm = segmentation_loss(logits, y, man.ignore_index)
+            loss = loss_sum / norm.clamp_min(1e-12)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if spec.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            cm.update(logits.detach().argmax(1), y)
+            float(loss_sum.detach())  # the loop syncs on the loss flags every step
+            times.append(time.perf_counter() - t0)
+        steady = times[1:] or times
+        return {"images_per_second": spec.batch_size * len(steady) / sum(steady),
+                "step_seconds_median": statistics.median(steady), "steps": len(steady),
+                "threads": torch.get_num_threads(), "device": device.type,
+                "first_step_seconds": times[0]}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None = None
+                    ) -> dict[str, Any]:
+    """``fcn_dist.train.run`` (1 worker): per-epoch images/s, and claim -> first step time.
+
+    When Redis is reachable the job goes through :class:`fcn_dist.queue.JobQueue` (unique
+    prefix, removed afterwards): submitted, claimed, run, completed, and the time from the
+    claim to the first training step is measured as (first epoch row seen in the store) minus
+    (that epoch's seconds) minus the claim time; the polling adds at most 0.1 s.
+    """
+    from fcn_dist.store import ResultsStore
+    from fcn_dist.train import run
+
+    os.environ["FCN_STORE"] = store_root
+    queue = prefix = None
+    job_id = None
+    t_claim = None
+    with contextlib.suppress(Exception):
+        if redis_url:
+            from fcn_dist.queue import JobQueue
+
+            prefix = f"fcnbench:{uuid.uuid4().hex[:12]}:"
+            queue = JobQueue(redis_url, prefix=prefix)
+            queue.ping()
+    out: dict[str, Any] = {}
+    try:
+        if queue is not None:
+            sub = queue.submit(spec)
+            job_id = getattr(sub, "job_id", None) or getattr(sub, "id", None) or str(sub)
+            t_claim = time.time()
+            job = queue.claim("bench-worker", lease_seconds=3600)
+            job_id = getattr(job, "id", None) or getattr(job, "job_id", None) or job_id
+        t_start = time.time()
+        result: dict[str, Any] = {}
+        error: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                result.update(run(spec, job_id=job_id, run_dir=run_dir))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                error.append(e)
+
+        th = threading.Thread(target=target, daemon=True)
+        th.start()
+        first_row_seen = None
+        store = ResultsStore(store_root)
+        while th.is_alive():
+            th.join(0.1)
+            if first_row_seen is None:
+                with contextlib.suppress(Exception):
+                    tab = store.epochs()
+                    if tab.num_rows:
+                        first_row_seen = time.time()
+        if error:
+            raise error[0]
+        rows = sorted(ResultsStore(store_root).epochs().to_pylist(), key=lambda r: r["epoch"])
+        out["epochs"] = [{"epoch": r["epoch"], "images_per_second": r["images_per_second"],
+                          "epoch_seconds": r["epoch_seconds"]} for r in rows]
+        steady = rows[-1] if rows else {}
+        out["images_per_second"] = steady.get("images_per_second")
+        out["run_seconds"] = time.time() - t_start
+        out["train_seconds"] = result.get("train_seconds")
+        if rows and first_row_seen is not None:
+            first_step = first_row_seen - rows[0]["epoch_seconds"]
+            out["start_to_first_step_seconds"] = first_step - t_start
+            if t_claim is not None:
+                out["claim_to_first_step_seconds"] = first_step - t_claim
+        if queue is not None and job_id:
+            with contextlib.suppress(Exception):
+                queue.complete(job_id, "bench-worker", result)
+    finally:
+        if queue is not None:
+            _drop_prefix(queue, prefix)
+    return out
+
+
+def _in_subprocess(config: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """:func:`bench_ray_train` in a fresh Python process (its own local Ray, started and
+    stopped there), so the benchmark process never holds a Ray connection."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "fcn_dist.bench.service", json.dumps(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"ray train subprocess exited {proc.returncode}: {tail[:300]}"}
+
+
+def _drop_prefix(queue: Any, prefix: str | None) -> int:
+    if not prefix:
+        return 0
+    keys = list(queue.redis.scan_iter(match=prefix + "*", count=1000))
+    for i in range(0, len(keys), 500):
+        queue.redis.delete(*keys[i:i + 500])
+    with contextlib.suppress(Exception):
+        queue.close()
+    return len(keys)
+
+
+def bench_ingest(data_dir: str, size: int, batch: int, epochs: int = 2) -> dict[str, Any]:
+    """Ray Data ingest (``fcn_dist.data.load``: decode + paired train transforms) images/s."""
+    import ray
+
+    from fcn_dist.data import load
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    ds = load(data_dir, "train", mode="train", crop_size=(size, size), seed=0)
+    out: dict[str, Any] = {"epochs": []}
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for b in ds.iter_torch_batches(batch_size=batch,
+                                       dtypes={"image": torch.float32, "label": torch.int64}):
+            if first is None:
+                first = time.perf_counter() - t0
+            n += int(b["image"].shape[0])
+        total = time.perf_counter() - t0
+        out["epochs"].append({"images": n, "seconds": total, "first_batch_seconds": first,
+                              "images_per_second": n / total if total else 0.0})
+    last = out["epochs"][-1]
+    out["images_per_second"] = max(e["images_per_second"] for e in out["epochs"])
+    out["images_per_second_after_first_batch"] = (
+        (last["images"] - batch) / (last["seconds"] - last["first_batch_seconds"])
+        if last["seconds"] > last["first_batch_seconds"] and last["images"] > batch else None)
+    return out
+
+
+def bench_queue(redis_url: str, jobs: int = 500) -> dict[str, Any]:
+    """Submit latency (p50/p95) and jobs/s, claim latency, through Redis; keys removed after."""
+    from fcn_dist.queue import JobQueue
+    from fcn_dist.spec import JobSpec
+
+    prefix = f"fcnbench:{uuid.uuid4().hex[:12]}:"
+    q = JobQueue(redis_url, prefix=prefix)
+    try:
+        q.ping()
+        specs = [JobSpec(name=f"bench{i}", seed=i) for i in range(jobs)]
+        lat = []
+        t_all = time.perf_counter()
+        for s in specs:
+            t0 = time.perf_counter()
+            q.submit(s)
+            lat.append(time.perf_counter() - t0)
+        total = time.perf_counter() - t_all
+        claim = []
+        for _ in range(min(jobs, 200)):
+            t0 = time.perf_counter()
+            q.claim("bench-worker", lease_seconds=60)
+            claim.append(time.perf_counter() - t0)
+        return {"jobs": jobs, "submit_ms_p50": 1e3 * percentile(lat, 50),
+                "submit_ms_p95": 1e3 * percentile(lat, 95), "jobs_per_second": jobs / total,
+                "claim_ms_p50": 1e3 * percentile(claim, 50),
+                "claim_ms_p95": 1e3 * percentile(claim, 95), "prefix": prefix}
+    finally:
+        _drop_prefix(q, prefix)
+
+
+def _bench_store_module() -> Any:
+    """``benchmarks/bench_store.py`` (the store benchmark's library code), or None."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_store.py"
+    if not path.exists():
+        return None
+    bdir = str(path.parent)
+    if bdir not in sys.path:  # so its worker processes can import it by name
+        sys.path.insert(0, bdir)
+    spec = importlib.util.spec_from_file_location("bench_store", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_store"] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def bench_store(runs: int = 10_000, epochs: int = 10, latency_rows: int = 500,
+                procs: int | None = None) -> dict[str, Any]:
+    """Parquet store: append latency per epoch row; ``compare`` over ``runs`` x ``epochs`` rows.
+
+    Reuses ``benchmarks/bench_store.py`` (writers and timers) and the CLI's code path
+    (``fcn_dist.store.report.compare`` + ``format_compare``), uncompacted and compacted.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fcn_dist.store import ResultsStore
+    from fcn_dist.store.report import compare, format_compare
+
+    bs = _bench_store_module()
+    if bs is None:
+        return {"skipped": "benchmarks/bench_store.py not found (run from a source checkout)"}
+    root = tempfile.mkdtemp(prefix="fcn-bench-store-")
+    try:
+        lat = sorted(bs._append_latency(os.path.join(root, "latency"), latency_rows))
+        out: dict[str, Any] = {"append_ms_p50": 1e3 * statistics.median(lat),
+                               "append_ms_p95": 1e3 * percentile(lat, 95),
+                               "append_rows": latency_rows}
+        procs = procs or os.cpu_count() or 2
+        t0 = time.perf_counter()
+        step = max(1, runs // (procs * 8))
+        chunks = [(root, lo, min(runs, lo + step), epochs) for lo in range(0, runs, step)]
+        with ProcessPoolExecutor(procs) as ex:
+            list(ex.map(bs._write_runs, chunks))
+        out["write_seconds"] = time.perf_counter() - t0
+        out["runs"], out["epoch_rows"] = runs, runs * epochs
+
+        def measure(label: str) -> None:
+            fresh = lambda: ResultsStore(root)  # noqa: E731
+            out[f"compare_seconds_{label}"] = bs._time(lambda: compare(fresh()))
+            out[f"compare_table_seconds_{label}"] = bs._time(
+                lambda: format_compare(compare(fresh()), "table"))
+
+        measure("uncompacted")
+        store = ResultsStore(root, auto_compact=False)
+        store.compact("runs")
+        store.compact("epochs")
+        measure("compacted")
+        out["compare_rows"] = len(compare(ResultsStore(root)))
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _part(name: str, fn: Callable[[], dict[str, Any]], say: Callable[[str], None]
+          ) -> dict[str, Any]:
+    say(f"{name} ...")
+    t0 = time.perf_counter()
+    try:
+        res = fn()
+    except Exception as e:  # noqa: BLE001 - one failing part must not hide the others
+        res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+    res["bench_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def run_service_bench(
+    *,
+    model: str = "fcn8s_resnet18",
+    size: int = 128,
+    batch: int = 8,
+    steps: int = 8,
+    count: int = 160,
+    redis_url: str | None = "redis://127.0.0.1:6379/0",
+    queue_jobs: int = 500,
+    store_runs: int = 10_000,
+    store_epochs: int = 10,
+    parts: tuple[str, ...] = ("train", "ingest", "queue", "store"),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the chosen ``parts``; returns a JSON-able dict keyed by part plus derived ratios."""
+    say = log or (lambda s: None)
+    res: dict[str, Any] = {"machine": machine_info("cpu"), "model": model, "size": size,
+                           "batch": batch, "steps_per_epoch": steps,
+                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    work = tempfile.mkdtemp(prefix="fcn-bench-service-")
+    try:
+        data_dir = None
+        if "train" in parts or "ingest" in parts:
+            say("preparing synthetic data ...")
+            data_dir = prepare_data(os.path.join(work, "data"), count, size)
+        if "train" in parts:
+            spec = _spec(model, size, batch, steps, data_dir)
+            from fcn_dist.train.trainer import resolve_resources
+
+            _, per_worker = resolve_resources(spec, {"CPU": float(os.cpu_count() or 1)})
+            ray_threads = max(1, int(per_worker.get("CPU", 1)))
+            plain_same = _part(f"plain loop ({ray_threads} threads, as the Ray worker)",
+                               lambda: bench_plain_loop(spec, steps, ray_threads), say)
+            plain_all = _part("plain loop (all cores)", lambda: bench_plain_loop(spec, steps), say)
+            ray_res = _part("ray train (1 worker, own process)", lambda: _in_subprocess({
+                "spec": spec.to_json(), "store_root": os.path.join(work, "store"),
+                "run_dir": os.path.join(work, "runs", "bench"), "redis_url": redis_url}), say)
+            res["train"] = {"ray": ray_res, "plain_same_threads": plain_same,
+                            "plain_all_cores": plain_all, "ray_worker_cpus": per_worker}
+            r_ips = ray_res.get("images_per_second")
+            if r_ips and plain_same.get("images_per_second"):
+                res["ray_train_overhead"] = plain_same["images_per_second"] / r_ips - 1
+            if r_ips and plain_all.get("images_per_second"):
+                res["ray_train_overhead_vs_all_cores"] = plain_all["images_per_second"] / r_ips - 1
+            res["claim_to_first_step_seconds"] = ray_res.get("claim_to_first_step_seconds")
+        if "ingest" in parts:
+            res["ingest"] = _part("ray data ingest", lambda: bench_ingest(data_dir, size, batch),
+                                  say)
+            consumed = (res.get("train", {}).get("plain_all_cores", {}).get("images_per_second"))
+            if consumed and res["ingest"].get("images_per_second"):
+                res["ingest_over_training"] = res["ingest"]["images_per_second"] / consumed
+        if "queue" in parts:
+            res["queue"] = _part("redis queue", lambda: bench_queue(redis_url, queue_jobs), say)
+        if "store" in parts:
+            res["store"] = _part("parquet store", lambda: bench_store(store_runs, store_epochs),
+                                 say)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+    res["machine"]["load_average_end"] = machine_info("cpu").get("load_average")
+    return res
+
+
+def _g(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)  # type: ignore[assignment]
+    return d
+
+
+def format_service_table(res: dict[str, Any]) -> str:
+    """Plain-text summary of :func:`run_service_bench`."""
+    def f(v: Any, spec: str = ".2f", unit: str = "") -> str:
+        return "-" if v is None else (format(v, spec) + unit if isinstance(v, (int, float))
+                                      else str(v))
+
+    m = res["machine"]
+    lines = [f"service benchmark: {res['model']} {res['size']}x{res['size']} batch {res['batch']}"
+             f"  ({m['cpu']}, {m['cores']} cores; load {m.get('load_average')} -> "
+             f"{m.get('load_average_end')})"]
+    for part in ("train", "ingest", "queue", "store"):
+        if part in res and isinstance(res[part], dict):
+            err = res[part].get("error") or _g(res[part], "ray", "error")
+            if err:
+                lines.append(f"  {part}: error: {err}")
+    if "train" in res:
+        t = res["train"]
+        lines += [
+            f"  training images/s: Ray Train 1 worker {f(_g(t, 'ray', 'images_per_second'))}, "
+            f"plain loop same threads ({f(_g(t, 'plain_same_threads', 'threads'), 'd')}) "
+            f"{f(_g(t, 'plain_same_threads', 'images_per_second'))}, plain all cores "
+            f"{f(_g(t, 'plain_all_cores', 'images_per_second'))}",
+            f"  Ray Train overhead: {f(res.get('ray_train_overhead'), '+.1%')} (same threads), "
+            f"{f(res.get('ray_train_overhead_vs_all_cores'), '+.1%')} (vs all cores)",
+            f"  claim -> first training step: {f(res.get('claim_to_first_step_seconds'), '.1f', ' s')}",
+        ]
+    if "ingest" in res:
+        lines.append(f"  Ray Data ingest: {f(_g(res, 'ingest', 'images_per_second'))} images/s "
+                     f"({f(res.get('ingest_over_training'), '.1f', 'x')} what training consumes)")
+    if "queue" in res:
+        q = res["queue"]
+        lines.append(f"  queue: submit p50 {f(q.get('submit_ms_p50'))} ms, p95 "
+                     f"{f(q.get('submit_ms_p95'))} ms, {f(q.get('jobs_per_second'), '.0f')} jobs/s; "
+                     f"claim p50 {f(q.get('claim_ms_p50'))} ms")
+    if "store" in res:
+        s = res["store"]
+        if "skipped" in s:
+            lines.append(f"  store: skipped ({s['skipped']})")
+        else:
+            lines.append(
+                f"  store: append p50 {f(s.get('append_ms_p50'))} ms/row (p95 "
+                f"{f(s.get('append_ms_p95'))}); compare over {f(s.get('epoch_rows'), 'd')} epoch "
+                f"rows / {f(s.get('runs'), 'd')} runs: {f(s.get('compare_seconds_uncompacted'), '.2f')} s "
+                f"uncompacted, {f(s.get('compare_seconds_compacted'), '.2f')} s compacted")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the Ray Train part, run by _in_subprocess
+    import json
+
+    from fcn_dist.spec import JobSpec
+
+    _cfg = json.loads(sys.argv[1])
+    _out = bench_ray_train(JobSpec.from_json(_cfg["spec"]), _cfg["store_root"], _cfg["run_dir"],
+                           _cfg.get("redis_url"))
+    print(json.dumps(_out, default=str), flush=True)
