@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -475,11 +476,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "epoch_seconds": epoch_seconds, "images_per_second": ips, "world_size": world,
                 "device": device.type,
             }])
-        if rank == 0:  # progress line (the driver shows worker output when Ray logs to it)
-            print(f"[{config['run_id']}] epoch {epoch}/{spec.epochs}: train loss "
-                  f"{metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, val mIoU {val['miou']:.4f}, "
-                  f"pixel acc {val['pixel_accuracy']:.4f} ({epoch_seconds:.1f} s, {ips:.1f} images/s)",
-                  flush=True)
+        if rank == 0:  # progress line (the driver shows worker output when Ray logs to it);
+            # sys.stdout, not print: Ray Train patches print() and would show the line twice
+            sys.stdout.write(
+                f"[{config['run_id']}] epoch {epoch}/{spec.epochs}: train loss "
+                f"{metrics['train_loss']:.4f}, val loss {val['loss']:.4f}, val mIoU {val['miou']:.4f}, "
+                f"pixel acc {val['pixel_accuracy']:.4f} ({epoch_seconds:.1f} s, {ips:.1f} images/s)\n")
+            sys.stdout.flush()
         report(epoch, 0, metrics)
         if stopped and epoch < spec.epochs:
             return _summary("stopped", epoch, totals, world, device) if rank == 0 else None

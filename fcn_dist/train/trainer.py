@@ -48,6 +48,11 @@ def _interrupted_base() -> type[Exception]:
         return Exception
 
 
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN/inf; the message names the epoch and step. Deterministic
+    for a given spec and checkpoint, so retrying the same job is pointless."""
+
+
 class Interrupted(_interrupted_base()):  # type: ignore[misc]
     """The run stopped because ``should_stop()`` returned True; its checkpoint is saved and
     calling :func:`run` again with the same ``run_dir`` resumes it."""
@@ -345,7 +350,7 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
     rv = result.return_value or {}
     status = rv.get("status")
     if status == "failed":
-        raise TrainingError(f"run {run_id}: {rv.get('error')}")
+        raise NonFiniteLossError(f"run {run_id}: {rv.get('error')}")
     if status == "stopped":
         raise Interrupted(f"run {run_id} stopped at epoch {rv.get('epoch')}; its checkpoint is in "
                           f"{run_path} and running it again resumes there")
