@@ -242,6 +242,28 @@ def test_fcn8s_learns_synthetic_shapes(ray_session, tmp_path_factory, store_root
     assert res["miou"] >= 0.85, res  # test split, original resolution
 
 
+@pytest.mark.ray
+def test_staged_init_from_previous_stage_checkpoint(ray_session, synthetic, store_root, tmp_path):
+    """init_from: an FCN-16s starts from an FCN-32s checkpoint via models.stage_init."""
+    from fcn_dist.models import create_model
+    from fcn_dist.train import read_meta, run
+    from fcn_dist.train.checkpoint import load_state_dict, save_checkpoint
+
+    torch.manual_seed(1)
+    prev = create_model("fcn32s_resnet18", 3).state_dict()
+    ckpt = save_checkpoint(tmp_path / "fcn32s" / "epoch_0001", prev,
+                           {"model_name": "fcn32s_resnet18", "num_classes": 3, "eval_size": [64, 64]})
+    spec = _spec(synthetic, "variant=16s", "num_workers=1", "epochs=1", "steps_per_epoch=1",
+                 "lr=1e-12", "deterministic=true", "amp=off")
+    res = run(spec, run_dir=tmp_path / "fcn16s", init_from=str(ckpt))
+    after = load_state_dict(res["best_checkpoint"])
+    assert read_meta(res["best_checkpoint"])["model_name"] == "fcn16s_resnet18"
+    for k, v in prev.items():  # one step at lr 1e-12: still the 32s weights (BN stats move)
+        if v.is_floating_point() and "running_" not in k:
+            torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6)
+    assert float(after["head.score_s16.weight"].abs().max()) < 1e-6  # the new score layer: zero
+
+
 # --------------------------------------------------------------------------- no Ray needed
 def test_resources_default_to_fractional_cpus_and_detect_gpus():
     from fcn_dist.errors import SpecError
