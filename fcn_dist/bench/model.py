@@ -62,12 +62,17 @@ def flops_per_image(model: nn.Module, size: int, device: torch.device | str = "c
     with torch.no_grad(), counter:
         model(x)
     model.train(was)
-    parts: dict[str, float] = {}
+    flat: dict[str, float] = {}
     for mod, counts in counter.get_flop_counts().items():
-        depth = mod.count(".")
         part = mod.split(".", 1)[1] if "." in mod else ""
-        if (depth == 2 and part.startswith("backbone.")) or part == "head":
-            parts[part] = float(sum(counts.values()))
+        flat[part] = float(sum(counts.values()))
+    # VGG's forward walks ``features`` layer by layer, so the Sequential itself never shows:
+    # what the backbone's children do not account for is reported as "backbone (conv layers)"
+    parts = {k: v for k, v in flat.items() if k.count(".") == 1 and k.startswith("backbone.")}
+    rest = flat.get("backbone", 0.0) - sum(parts.values())
+    if rest > 0.001 * flat.get("backbone", 1.0):
+        parts["backbone (conv layers)"] = rest
+    parts["head"] = flat.get("head", 0.0)
     return {"total": float(counter.get_total_flops()), "parts": parts}
 
 
@@ -229,6 +234,44 @@ def _infer_case(model: nn.Module, fast: nn.Module | None, batch: int, size: int,
     return base, (lambda: fast(x)) if fast is not None else base
 
 
+def _ablation(model: nn.Module, dev: torch.device, dtype: torch.dtype, batch: int, size: int,
+              iters: int, probe: Callable[[str], None], fast_kind: str) -> dict[str, float]:
+    """Each speed setting added one at a time, timed round robin (best of ``iters``)."""
+    import contextlib
+    import copy
+
+    x = torch.randn(batch, 3, size, size, device=dev)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    low = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last).eval()
+    amp = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype != torch.float32 else (
+        contextlib.nullcontext)
+
+    def run(m: nn.Module, inp: torch.Tensor, ctx: Callable[[], Any] = contextlib.nullcontext
+            ) -> Callable[[], Any]:
+        def f() -> Any:
+            with torch.inference_mode(), ctx():
+                return m(inp)
+        return f
+
+    cases = {
+        "fp32 eager (NCHW)": run(model, x),
+        "fp32 channels_last": run(cl, xcl),
+        f"{fast_kind} autocast, channels_last": run(cl, xcl, amp),
+        f"{fast_kind} weights, channels_last": run(low, xcl.to(dtype)),
+        f"{fast_kind} weights, channels_last, fused conv+ReLU (optimize_for_inference)":
+            (lambda fm=optimize_for_inference(model, dev, dtype=dtype): fm(x)),
+    }
+    best = {k: float("inf") for k in cases}
+    for f in cases.values():
+        f()  # warm-up (weight packing, autocast caches)
+    for _ in range(max(2, iters)):
+        for k, f in cases.items():
+            best[k] = min(best[k], time_calls(f, 1, warmup=0, device=dev)[0])
+        probe(fast_kind)
+    return {k: batch / v for k, v in best.items()}
+
+
 def run_model_bench(
     name: str = "fcn8s_vgg19",
     *,
@@ -245,6 +288,7 @@ def run_model_bench(
     memory: bool = True,
     compile: bool = False,
     profile: bool = True,
+    ablation: bool = False,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -267,15 +311,36 @@ def run_model_bench(
     }
     t_start = time.perf_counter()
 
-    # ---- GEMM peaks (same run, same threads, both dtypes)
+    # ---- GEMM peaks (same run, same threads, both dtypes). The sweep runs first; then one
+    # GEMM is timed after every timed model call (interleaved), and utilisation divides by the
+    # best GEMM seen in the whole run: under a varying machine load a peak measured only at
+    # the start would be unfair either way.
     say("GEMM peak ...")
     gemm = {"float32": gemm_peak(torch.float32, dev, tuple(gemm_sizes))}
     if dtype != torch.float32:
         gemm[_dtype_name(dtype)] = gemm_peak(dtype, dev, tuple(gemm_sizes))
     res["gemm"] = gemm
-    peak_fast = gemm[_dtype_name(dtype)]["gflops"] * 1e9
-    peak_fp32 = gemm["float32"]["gflops"] * 1e9
+    best_n = {k: int(max(v["by_size"], key=v["by_size"].get)) for k, v in gemm.items()}
+    peak = {k: v["gflops"] * 1e9 for k, v in gemm.items()}
+    operands = {k: (torch.randn(n, n, device=dev).to(getattr(torch, k)),
+                    torch.randn(n, n, device=dev).to(getattr(torch, k)))
+                for k, n in best_n.items()}
 
+    def probe(kind: str) -> None:
+        a, b = operands[kind]
+        t = time_calls(lambda: torch.mm(a, b), iters=1, warmup=0, device=dev)[0]
+        peak[kind] = max(peak[kind], 2.0 * a.shape[0] ** 3 / t)
+
+    def timed(fn: Callable[[], Any], n: int, kind: str, warmup: int = 1) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        out = []
+        for _ in range(max(1, n)):
+            out += time_calls(fn, 1, warmup=0, device=dev)
+            probe(kind)
+        return out
+
+    fast_kind = _dtype_name(dtype)
     model = _build(name, num_classes, dev).eval()
     res["params"] = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
@@ -289,25 +354,21 @@ def run_model_bench(
         row: dict[str, Any] = {"size": size, "gflops_per_image": fl["total"] / 1e9,
                                "gflops_parts": {k: v / 1e9 for k, v in fl["parts"].items()}}
         base_fn, fast_fn = _infer_case(model, fast, batch, size, dev)
-        t = time_calls(fast_fn, iters, warmup=2 if compile else 1, device=dev)
+        t = timed(fast_fn, iters, fast_kind, warmup=2 if compile else 1)
         ips = batch / min(t)
         row.update(inference_images_per_second=ips,
                    inference_images_per_second_median=batch / percentile(t, 50),
                    ms_per_megapixel=1e3 / ips / (size * size / 1e6),
-                   achieved_gflops=ips * fl["total"] / 1e9,
-                   utilisation=ips * fl["total"] / peak_fast,
-                   bound_images_per_second=peak_fast / fl["total"])
+                   achieved_gflops=ips * fl["total"] / 1e9)
         if baseline and size == main_size:
             say(f"baseline fp32 eager {size}x{size} ...")
-            tb = time_calls(base_fn, iters, warmup=1, device=dev)
+            tb = timed(base_fn, iters, "float32")
             bips = batch / min(tb)
-            row.update(baseline_fp32_images_per_second=bips,
-                       baseline_fp32_utilisation=bips * fl["total"] / peak_fp32,
-                       speedup_vs_fp32_eager=ips / bips)
+            row.update(baseline_fp32_images_per_second=bips, speedup_vs_fp32_eager=ips / bips)
         say(f"latency batch 1 {size}x{size} ...")
         _, lat_fn = _infer_case(model, fast, 1, size, dev)
         n_lat = latency_iters if size <= 512 else max(3, latency_iters // 3)
-        lt = time_calls(lat_fn, n_lat, warmup=1, device=dev)
+        lt = timed(lat_fn, n_lat, fast_kind, warmup=2)
         row.update(latency_ms_p50=1e3 * percentile(lt, 50), latency_ms_p95=1e3 * percentile(lt, 95))
         if profile and size == main_size and dev.type == "cpu":
             row["kernel_time_fraction"] = kernel_breakdown(fast_fn)
@@ -319,6 +380,16 @@ def run_model_bench(
             row["memory_batch1_inference"] = mem
         per_size.append(row)
     res["sizes"] = per_size
+    if ablation:
+        say(f"ablation {main_size}x{main_size} (round robin) ...")
+        res["ablation_images_per_second"] = _ablation(model, dev, dtype, batch, main_size,
+                                                      iters, probe, fast_kind)
+    for row in per_size:  # utilisation against the best GEMM of the run (both dtypes)
+        row["utilisation"] = row["achieved_gflops"] * 1e9 / peak[fast_kind]
+        row["bound_images_per_second"] = peak[fast_kind] / (row["gflops_per_image"] * 1e9)
+        if "baseline_fp32_images_per_second" in row:
+            row["baseline_fp32_utilisation"] = (row["baseline_fp32_images_per_second"]
+                                                * row["gflops_per_image"] * 1e9 / peak["float32"])
     main = per_size[0]
     for k in ("gflops_per_image", "inference_images_per_second", "latency_ms_p50",
               "latency_ms_p95", "utilisation", "achieved_gflops", "bound_images_per_second",
@@ -338,7 +409,7 @@ def run_model_bench(
             say(f"training step {mode} {main_size}x{main_size} ...")
             m = _build(name, num_classes, dev)
             step = _training_case(m, mode, dev, batch, main_size, num_classes)
-            t = time_calls(step, train_iters, warmup=1, device=dev)
+            t = timed(step, train_iters, fast_kind if mode.startswith("fast") else "float32")
             train[mode] = {"images_per_second": batch / min(t), "step_seconds": min(t)}
             del m, step
         res["training"] = train
@@ -351,7 +422,7 @@ def run_model_bench(
                                                  / train["fp32_full"]["images_per_second"])
         # full fine-tuning: about 3x the forward FLOPs (forward, grad input, grad weight)
         res["train_full_utilisation"] = (3 * res["gflops_per_image"] * 1e9
-                                         * res["train_images_per_second_full"] / peak_fast)
+                                         * res["train_images_per_second_full"] / peak[fast_kind])
 
     # ---- peak memory of the main configurations (fresh subprocess each)
     if memory:
@@ -364,6 +435,7 @@ def run_model_bench(
                                       "device": dev.type, "threads": threads})
         res["memory"] = mem
         res["peak_memory_mb"] = {k: v.get("peak_rss_mb") for k, v in mem.items()}
+    res["gemm_peak_gflops"] = {k: v / 1e9 for k, v in peak.items()}
     res["machine"]["load_average_end"] = machine_info(dev).get("load_average")
     res["bench_seconds"] = time.perf_counter() - t_start
     return res
@@ -383,7 +455,10 @@ def format_model_table(res: dict[str, Any]) -> str:
         f"({m.get('gpu') or m['cpu']}, {m['cores']} cores, threads {m['threads']}, "
         f"bf16 native {m['cpu_bf16_native']})  torch {m['torch']}",
         f"load average start {m.get('load_average')}  end {m.get('load_average_end')}",
-        "GEMM peak: " + ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in res["gemm"].items()),
+        "GEMM peak (best in the run, interleaved with the model timings): " + ", ".join(
+            f"{k} {v:.0f} GFLOP/s" for k, v in res["gemm_peak_gflops"].items())
+        + "  (start-of-run sweep: " + ", ".join(
+            f"{k} {v['gflops']:.0f}" for k, v in res["gemm"].items()) + ")",
         f"optimised dtype {res['dtype']}; params {res['params'] / 1e6:.1f} M",
         "",
         f"{'size':>6} {'GFLOP/img':>10} {'img/s':>8} {'bound':>8} {'util':>6} {'ms/MPix':>9} "
@@ -409,6 +484,12 @@ def format_model_table(res: dict[str, Any]) -> str:
         lines += ["", "peak RSS (MB, fresh process each, batch "
                   f"{res['batch']}): " + ", ".join(f"{k} {_fmt(v, '.0f')}"
                                                    for k, v in res["peak_memory_mb"].items())]
+    if res.get("ablation_images_per_second"):
+        lines += ["", f"inference ablation, {res['size']}x{res['size']} batch {res['batch']} "
+                  "(round robin, best of each):"]
+        base = next(iter(res["ablation_images_per_second"].values()))
+        for k, v in res["ablation_images_per_second"].items():
+            lines.append(f"  {k:<72} {v:>7.2f} img/s  x{v / base:.2f}")
     if res.get("kernel_time_fraction"):
         lines.append("optimised inference time by kernel: " + ", ".join(
             f"{k} {v:.0%}" for k, v in res["kernel_time_fraction"].items()))

@@ -66,9 +66,12 @@ def main() -> None:
 @click.option("--compile", "compile_", is_flag=True, help="also torch.compile the model")
 @click.option("--profile/--no-profile", default=True, show_default=True,
               help="time share per kernel family (torch.profiler)")
+@click.option("--ablation", is_flag=True,
+              help="time each speed setting added one at a time (round robin)")
 @click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
 def model(name, size, sizes, batch, num_classes, device, iters, train_iters, latency_iters,
-          gemm_sizes, threads, baseline, training, memory, compile_, profile, json_out) -> None:
+          gemm_sizes, threads, baseline, training, memory, compile_, profile, ablation,
+          json_out) -> None:
     """Inference/training images/s, latency, memory, GFLOPs and utilisation of model NAME."""
     import torch
 
@@ -86,7 +89,7 @@ def model(name, size, sizes, batch, num_classes, device, iters, train_iters, lat
             device=None if device == "auto" else device, iters=iters,
             train_iters=train_iters, latency_iters=latency_iters,
             gemm_sizes=tuple(_ints(gemm_sizes) or [2048]), baseline=baseline,
-            training=training, memory=memory, compile=compile_, profile=profile,
+            training=training, memory=memory, compile=compile_, profile=profile, ablation=ablation,
             threads=threads, log=lambda s: click.echo(s, err=True))
     except FcnError as exc:
         _fail(exc, 2)
