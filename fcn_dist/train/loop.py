@@ -257,11 +257,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # ---- model: same seed on every rank (DDP also broadcasts rank 0's weights)
     ckpt_io.seed_everything(spec.seed)
 
+    resume = ray.train.get_checkpoint()
+    # resuming overwrites every weight: no need to fetch the backbone's pretrained ones again
+    weights = None if resume is not None else spec.backbone_weights
+
     def make_model():
-        return create_model(spec.model_name, num_classes, backbone_weights=spec.backbone_weights,
+        return create_model(spec.model_name, num_classes, backbone_weights=weights,
                             upsample=spec.upsample, skip_scale=spec.skip_scale)
 
-    if world > 1 and spec.backbone_weights == "imagenet":
+    if world > 1 and weights == "imagenet":
         # one download per node: local rank 0 fills the torch hub cache, the others wait
         if local_rank == 0:
             model = make_model()
@@ -271,7 +275,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     else:
         model = make_model()
 
-    resume = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     if resume is not None:
         with resume.as_directory() as d:
