@@ -301,3 +301,18 @@ def test_fcn_train_reports_a_bad_spec_in_one_line(tmp_path):
     bad.write_text("name: x\nepochs: 0\nbackbone: resnet18\n")
     r = CliRunner().invoke(main, ["--spec", str(bad)])
     assert r.exit_code == 2 and r.output.startswith("error:") and "epochs" in r.output
+
+
+def test_worker_errors_surface_as_the_users_error():
+    """A DataError raised inside a Ray Train worker reaches the caller as that DataError."""
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from fcn_dist.errors import DataError
+    from fcn_dist.train.trainer import _failure_message
+
+    err = WorkerGroupError("worker group failed", {
+        1: UserExceptionWithTraceback(DataError("shard /d/train-00000.parquet: bad"), "Traceback ...")})
+    assert _failure_message(err) == (DataError, "shard /d/train-00000.parquet: bad")
+    cls, msg = _failure_message(WorkerGroupError("failed", {0: RuntimeError("CUDA out of memory")}))
+    assert cls is TrainingError and "CUDA out of memory" in msg

@@ -205,8 +205,10 @@ def _failure_message(err: BaseException) -> tuple[type[FcnError], str]:
         seen.append(e)
         if isinstance(e, FcnError):
             return type(e), str(e)
-        cause = getattr(e, "cause", None)
-        for nxt in (cause, e.__cause__, e.__context__):
+        # Ray Train V2 wraps user exceptions (UserExceptionWithTraceback._base_exc); Ray core
+        # task errors carry theirs in .cause
+        for nxt in (getattr(e, "_base_exc", None), getattr(e, "cause", None), e.__cause__,
+                    e.__context__):
             if isinstance(nxt, BaseException):
                 stack.append(nxt)
     first = next(iter(failures.values()), err)
