@@ -505,6 +505,14 @@ def prepare(
     plan = PLANNERS[source](root, **options)
     if not plan.candidates:
         raise DataError(f"{source}: no samples found under {root}")
+    # Train rows are written in a seeded random order: sources list samples by name, and for
+    # video-like datasets (CamVid) that puts near-identical consecutive frames into the same
+    # shard block, hence into the same training batch when a reader shuffles only blocks.
+    order_seed = f"{options.get('seed', 0)}:train-order"
+    train = [c for c in plan.candidates if c.split == "train"]
+    random.Random(order_seed).shuffle(train)
+    shuffled = iter(train)
+    plan.candidates = [next(shuffled) if c.split == "train" else c for c in plan.candidates]
     num_classes = len(plan.classes)
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
@@ -542,7 +550,8 @@ def prepare(
             "converted": dict(sorted(converted.items())),
             "orphan_labels": int(plan.notes.get("orphan_label", 0)),
         }
-        opts = {"max_size": max_size, "shard_size": shard_size, **plan.options}
+        opts = {"max_size": max_size, "shard_size": shard_size, **plan.options,
+                "train_order": f"random.Random({order_seed!r}).shuffle"}
         manifest = Manifest(
             root=writer.out, classes=plan.classes, palette=plan.palette, ignore_index=plan.ignore_index,
             splits={s: 0 for s in plan.splits}, shards={}, source=source, options=opts, summary=summary,
