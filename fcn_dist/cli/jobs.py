@@ -105,6 +105,11 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if job.depends_on:
         lines.append(f"after      {job.depends_on} (staged; init_from {job.init_from or '-'})")
     lines.append(f"run dir    {job.run_dir or '-'}")
+    if job.dashboard:
+        lines.append(f"dashboard  {job.dashboard.get('dashboard', '-')}"
+                     f"  (Ray Train run {job.dashboard.get('run_name', '-')})")
+        if job.dashboard.get("ray_job"):
+            lines.append(f"ray job    {job.dashboard['ray_job']}")
     if job.result:
         ckpt = job.result.get("best_checkpoint")
         if ckpt:

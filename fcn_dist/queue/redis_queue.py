@@ -571,6 +571,7 @@ class Job:
     init_from: str = ""
     idem_key: str = ""
     run_dir: str = ""
+    dashboard: dict[str, str] | None = None  # Ray dashboard links, recorded by the worker
     cancel_requested: bool = False
     cancel_reason: str = ""
     raw: dict[str, str] = field(default_factory=dict, repr=False)
@@ -584,6 +585,12 @@ class Job:
                 result = json.loads(h["result"])
             except ValueError:
                 result = {"unparsed": h["result"]}
+        dashboard = None
+        if h.get("dashboard"):
+            try:
+                dashboard = json.loads(h["dashboard"])
+            except ValueError:
+                dashboard = None
         return cls(
             id=h.get("id", ""),
             state=h.get("state", ""),
@@ -609,6 +616,7 @@ class Job:
             init_from=h.get("init_from", ""),
             idem_key=h.get("idem_key", ""),
             run_dir=h.get("run_dir", ""),
+            dashboard=dashboard,
             cancel_requested=h.get("cancel_requested") == "1",
             cancel_reason=h.get("cancel_reason", ""),
             raw=dict(h),
@@ -885,6 +893,11 @@ class JobQueue:
     def set_run_dir(self, job_id: str, run_dir: str) -> None:
         """Record where the job's Ray run and checkpoints live."""
         self.redis.hset(self.key("job", job_id), "run_dir", str(run_dir))
+
+    @_wrap_redis_errors
+    def set_dashboard(self, job_id: str, links: dict[str, str]) -> None:
+        """Record the Ray dashboard links of the job's run (shown by ``fcn-jobs show``)."""
+        self.redis.hset(self.key("job", job_id), "dashboard", json.dumps(links, sort_keys=True))
 
     @_wrap_redis_errors
     def append_logs(self, job_id: str, lines: Iterable[str]) -> None:

@@ -30,6 +30,7 @@ import traceback as tb
 import uuid
 from typing import Any, Callable
 
+from fcn_dist import monitoring
 from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError
 from fcn_dist.queue.redis_queue import Job, JobQueue, LeaseLost, RedisUnavailable
 
@@ -222,6 +223,7 @@ class Worker:
                 installed[sig] = signal.signal(sig, self._on_signal)
         log.info("worker %s started on %s (prefix %s, lease %.0fs)", self.id, self.queue.safe_url,
                  self.queue.prefix, self.lease_seconds)
+        monitoring.enable_train_state_tracking()
         try:
             while not self._stop.is_set():
                 if self.max_jobs is not None and self.processed >= self.max_jobs:
@@ -231,6 +233,7 @@ class Worker:
                     job = self._call(self._reap_and_claim, stop_on_request=True)
                 except RedisUnavailable:
                     break  # stopping while Redis is down
+                self._record_depth()
                 if job is None:
                     if self.until_empty and self._drained():
                         log.info("worker %s: queue is empty; exiting", self.id)
@@ -244,6 +247,15 @@ class Worker:
                 signal.signal(sig, old)
         log.info("worker %s stopped after %d job(s)", self.id, self.processed)
         return self.processed
+
+    def _record_depth(self) -> None:
+        """Export the queue depth per state to the Ray metrics endpoint (no-op without Ray)."""
+        if not monitoring.enabled():
+            return
+        try:
+            monitoring.record_queue_depth(self.queue.counts())
+        except Exception as e:  # noqa: BLE001 - metrics never stop the worker
+            log.debug("queue depth metric: %s", e)
 
     def _reap_and_claim(self) -> Job | None:
         reaped = self.queue.reap()
@@ -273,6 +285,7 @@ class Worker:
         _JOB_THREADS.add(me)
         log.info("job %s (%s %s, attempt %d of %d) started on worker %s", job.id, job.name,
                  job.variant, job.attempts, job.max_attempts, self.id)
+        monitoring.job_started(job.id, job.variant)
         hb.start()
         if hb.ident is not None:
             run.logs.threads.add(hb.ident)
@@ -291,9 +304,12 @@ class Worker:
         finally:
             run.done.set()
             hb.join(timeout=self.heartbeat_seconds + 15)
+        outcome = "lost"
         try:
             outcome = self._report(run, result, exc, time.monotonic() - t0)
         finally:
+            monitoring.job_finished(job.id, job.variant, outcome,
+                                    result=result if isinstance(result, dict) else None)
             root.removeHandler(run.logs)
             _JOB_THREADS.difference_update(run.logs.threads)
             self._flush_logs(run)
@@ -346,9 +362,26 @@ class Worker:
                       "job will run again", job.id, e)
             return "lost"
 
+    def _record_links(self, run: _Run) -> bool:
+        """Once Ray is up in this process, store the job's dashboard links in its record."""
+        links = monitoring.dashboard_links(run.job.id, run.job.variant)
+        if not links:
+            return False
+        try:
+            self.queue.set_dashboard(run.job.id, links)
+        except QueueError as e:
+            log.debug("dashboard links of job %s: %s", run.job.id, e)
+            return False
+        log.info("job %s: Ray dashboard %s (Train run %s)", run.job.id, links["dashboard"],
+                 links.get("run_name", "-"))
+        return True
+
     def _heartbeat_loop(self, run: _Run) -> None:
         job = run.job
+        linked = False
         while not run.done.wait(self.heartbeat_seconds):
+            if not linked:
+                linked = self._record_links(run)
             try:
                 status = self.queue.heartbeat(job.id, self.id, self.lease_seconds)
                 if self._redis_down:
@@ -383,7 +416,7 @@ class Worker:
     def _default_run_fn(self, job: Job, should_stop: Callable[[], bool]) -> dict[str, Any]:
         from fcn_dist import config
 
-        run_dir = job.run_dir or str(config.runs_path() / job.id)
+        run_dir = job.run_dir or str(config.runs_path() / monitoring.run_name(job.id, job.variant))
         if not job.run_dir:
             self._call(lambda: self.queue.set_run_dir(job.id, run_dir), stop_on_request=True)
         return train_run_fn(job, should_stop, ray_address=self.ray_address, run_dir=run_dir)

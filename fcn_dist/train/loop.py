@@ -203,8 +203,12 @@ def _torch_batches(dataset, *, epoch: int, seed: int, rank: int, world: int, bat
 
 def _ray_batches(shard, *, batch_size: int, skip: int, max_steps: int | None,
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of one epoch from its Ray Data split (equal rows on every rank)."""
+    """This rank's batches of one epoch from its Ray Data split (equal rows on every rank).
+
+    Ray Data shuffles blocks, not rows; a local shuffle buffer of a few batches mixes the rows
+    of neighbouring blocks so one batch is not a run of near-identical neighbours."""
     it = shard.iter_torch_batches(batch_size=batch_size, drop_last=False,
+                                  local_shuffle_buffer_size=4 * batch_size,
                                   dtypes={"image": torch.float32, "label": torch.int64})
     for step, batch in enumerate(it):
         if max_steps is not None and step >= max_steps:
