@@ -49,6 +49,8 @@ class JobSpec:
     batch_size: int = 8  # per worker
     crop_size: list[int] = field(default_factory=lambda: [256, 256])  # [height, width]
     eval_size: list[int] | None = None  # [h, w] the network sees at eval; null = crop_size
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # train random scale
+    #   [min, max] (1.0 = the image just covers the crop); [1, 1] disables scaling
     lr: float = 1e-3
     optimizer: str = "adamw"  # adamw | sgd (momentum, as in the paper)
     momentum: float = 0.9
@@ -214,6 +216,9 @@ class JobSpec:
             raise bad("grad_clip", "must be > 0 or null")
         if (self.cpus_per_worker is not None and self.cpus_per_worker <= 0) or self.gpus_per_worker <= 0:
             raise bad("cpus_per_worker/gpus_per_worker", "must be > 0")
+        sr = self.scale_range
+        if len(sr) != 2 or not (0.05 <= sr[0] <= sr[1] <= 20):
+            raise bad("scale_range", f"must be [min, max] with 0.05 <= min <= max <= 20, got {self.scale_range}")
         for fld in ("crop_size", "eval_size"):
             v = getattr(self, fld)
             if v is None and fld == "eval_size":
@@ -247,6 +252,12 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
         if "None" in t:
             return None
         raise bad("must not be null")
+    if t.startswith("list[float]"):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+        ):
+            raise bad(f"must be a list of numbers [min, max], got {value!r}")
+        return [float(x) for x in value]
     if t.startswith("list[int]"):
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value, value]

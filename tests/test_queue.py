@@ -296,6 +296,9 @@ def test_retry_policy():
     assert not is_retryable(SpecError("x")) and not is_retryable(DataError("shard 3 is corrupt"))
     assert not is_retryable(WeightsError("x"))
     assert is_retryable(TrainingError("training failed: worker died")) and is_retryable(OSError())
+    from fcn_dist.train import NonFiniteLossError
+
+    assert not is_retryable(NonFiniteLossError("non-finite training loss at epoch 2, step 7"))
 
 
 def test_interruption_releases_without_counting_the_attempt(queue):

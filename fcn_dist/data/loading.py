@@ -44,7 +44,7 @@ def _size2(v: int | Sequence[int]) -> tuple[int, int]:
 
 def transform_batch(
     batch: dict[str, np.ndarray], *, mode: str, crop_size: tuple[int, int], eval_size: tuple[int, int] | None,
-    ignore_index: int, seed: int | None,
+    ignore_index: int, seed: int | None, scale_range: tuple[float, float] = (0.5, 2.0),
 ) -> dict[str, np.ndarray]:
     """Decode + transform one numpy batch of shard rows -> ``{"image", "label"}`` arrays."""
     import torch
@@ -52,7 +52,8 @@ def transform_batch(
     from fcn_dist.data.transforms import eval_transform, train_transform
 
     torch.set_num_threads(1)  # many small tasks on few cores: no intra-op oversubscription
-    t = train_transform(crop_size, ignore_index) if mode == "train" else eval_transform(eval_size or crop_size)
+    t = (train_transform(crop_size, ignore_index, scale_range=scale_range) if mode == "train"
+         else eval_transform(eval_size or crop_size))
     images, labels = [], []
     ids = [str(i) for i in batch["id"]]
     with torch.random.fork_rng(devices=[]):
@@ -77,6 +78,7 @@ def load(
     sha256: bool = False,
     batch_size: int = 16,
     num_cpus: float = 0.5,
+    scale_range: Sequence[float] = (0.5, 2.0),
 ) -> Any:
     """A ``ray.data.Dataset`` of one split, decoded and transformed for ``mode`` ("train" or
     "eval"); see the module doc. ``batch_size``/``num_cpus`` tune the ``map_batches`` stage."""
@@ -95,6 +97,6 @@ def load(
     fn = functools.partial(
         transform_batch, mode=mode, crop_size=_size2(crop_size),
         eval_size=_size2(eval_size) if eval_size is not None else None,
-        ignore_index=m.ignore_index, seed=seed,
+        ignore_index=m.ignore_index, seed=seed, scale_range=(float(scale_range[0]), float(scale_range[1])),
     )
     return ds.map_batches(fn, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus)

@@ -59,7 +59,11 @@ def is_retryable(exc: BaseException) -> bool:
     """A bad spec, a missing or corrupt data shard and unusable weights fail the job at once
     (retrying cannot help); everything else — a lost Ray node, OOM, a ``TrainingError`` (Ray
     failures reach us wrapped in one), Redis trouble — is retried up to ``max_attempts``, each
-    retry resuming from the run directory's checkpoints."""
+    retry resuming from the run directory's checkpoints. An error may also say so itself with
+    a ``retryable = False`` class attribute (the trainer's non-finite-loss error does: the same
+    spec and checkpoint diverge again)."""
+    if getattr(exc, "retryable", True) is False:
+        return False
     return not isinstance(exc, (SpecError, DataError, WeightsError))
 
 

@@ -253,6 +253,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     eval_bs = spec.eval_batch_size or spec.batch_size
     steps_per_epoch = int(config["steps_per_epoch"])
 
+    if device.type == "cpu":
+        # Intra-op threads = this node's cores shared by its local workers: more threads than
+        # cores (each of 2 workers taking both cores of a 2-core node) makes oneDNN's OpenMP
+        # barriers spin against each other. FCN_TRAIN_THREADS overrides.
+        from fcn_dist.perf import physical_cores, set_threads
+
+        set_threads(int(os.environ.get("FCN_TRAIN_THREADS") or 0)
+                    or max(1, physical_cores() // max(1, ctx.get_local_world_size())))
     if spec.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
@@ -320,7 +328,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     # ---- data
     if config["data_loader"] == "torch":
-        train_ds = ShardDataset(data_dir, "train", transform=train_transform(crop, ignore_index))
+        train_ds = ShardDataset(data_dir, "train", transform=train_transform(crop, ignore_index,
+                                                                          scale_range=tuple(spec.scale_range)))
         shard = None
     else:
         train_ds = None
@@ -483,6 +492,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "epoch_seconds": epoch_seconds, "images_per_second": ips, "world_size": world,
                 "device": device.type,
             }])
+        if rank == 0:  # Ray metrics endpoint (fcn_epoch_seconds, fcn_images_per_second, ...)
+            from fcn_dist import monitoring
+
+            monitoring.record_epoch(config.get("job_id") or config["run_id"], spec.variant,
+                                    epoch=epoch, epoch_seconds=epoch_seconds,
+                                    images_per_second=ips, val_miou=val["miou"],
+                                    train_loss=metrics["train_loss"])
         if rank == 0:  # progress line (the driver shows worker output when Ray logs to it);
             # sys.stdout, not print: Ray Train patches print() and would show the line twice
             sys.stdout.write(

@@ -52,6 +52,8 @@ class NonFiniteLossError(TrainingError):
     """The training loss became NaN/inf; the message names the epoch and step. Deterministic
     for a given spec and checkpoint, so retrying the same job is pointless."""
 
+    retryable = False  # the queue worker fails the job at once instead of retrying it
+
 
 class Interrupted(_interrupted_base()):  # type: ignore[misc]
     """The run stopped because ``should_stop()`` returned True; its checkpoint is saved and
@@ -310,7 +312,8 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         from fcn_dist.data import load
 
         datasets = {"train": load(data_dir, "train", mode="train", crop_size=spec.crop_size,
-                                  seed=spec.seed, batch_size=max(4, spec.batch_size))}
+                                  seed=spec.seed, batch_size=max(4, spec.batch_size),
+                                  scale_range=spec.scale_range)}
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if spec.deterministic else {}
     for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS"):
         if os.environ.get(var):
