@@ -1,50 +1,45 @@
 #!/usr/bin/env bash
 # The main job, end to end, on the embedded offline default (synthetic data, CPU):
-#   set up the venv -> Redis (started with AOF in .fcn/redis if none answers) -> local Ray with
-#   its dashboard -> synthetic shards -> fcn-submit --variant all -> fcn-worker --until-empty ->
-#   fcn-results compare + report.
-# Environment: FCN_REDIS_URL, FCN_STORE (default ./results), FCN_DATA (default ./data),
-# DEMO_SPEC (default jobs/smoke.yaml), DEMO_KEEP_RAY=1 keeps the Ray head running afterwards.
+#   set up the venv -> the local stack (cluster/up.sh: Redis persisted with AOF in .fcn/redis,
+#   a Ray head with its dashboard on http://127.0.0.1:8265) -> synthetic shards ->
+#   fcn-submit --variant all -> fcn-worker --until-empty -> fcn-results compare + report.
+# Environment: FCN_STORE (default ./results), FCN_DATA (default ./data), DEMO_SPEC (default
+# jobs/smoke.yaml), DEMO_KEEP=1 leaves the stack running afterwards (cluster/down.sh stops it).
+# A stack that was already up (cluster/up.sh) is used as it is and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+T0=$(date +%s)
 bash cluster/setup.sh
 export PATH="$ROOT/.venv/bin:$PATH"
 export FCN_STORE=${FCN_STORE:-$ROOT/results} FCN_DATA=${FCN_DATA:-$ROOT/data}
 SPEC=${DEMO_SPEC:-jobs/smoke.yaml}
-mkdir -p .fcn
 
-# Redis: reuse a server that answers, else start one persisted with AOF in .fcn/redis.
-export FCN_REDIS_URL=${FCN_REDIS_URL:-redis://127.0.0.1:6379/0}
-if ! python -c "import redis,os; redis.Redis.from_url(os.environ['FCN_REDIS_URL'], socket_connect_timeout=1).ping()" 2>/dev/null; then
-  PORT=$(python -c "import os,urllib.parse as u; print(u.urlparse(os.environ['FCN_REDIS_URL']).port or 6379)")
-  mkdir -p .fcn/redis
-  echo "[demo] starting redis-server on port $PORT (AOF in .fcn/redis)"
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$PORT" --dir "$ROOT/.fcn/redis" \
-    --appendonly yes --appendfsync everysec --logfile "$ROOT/.fcn/redis/redis.log"
-  for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-fi
-
-# A local Ray instance with its dashboard (reused if one is already up).
-STARTED_RAY=0
-if ! ray status >/dev/null 2>&1; then
-  echo "[demo] starting a local Ray head with the dashboard on http://127.0.0.1:8265"
-  ray start --head --num-cpus 4 --include-dashboard=true --dashboard-host 127.0.0.1 \
-    --dashboard-port 8265 --disable-usage-stats >/dev/null
-  STARTED_RAY=1
-fi
-cleanup() { if [ "$STARTED_RAY" = 1 ] && [ "${DEMO_KEEP_RAY:-0}" != 1 ]; then ray stop >/dev/null 2>&1 || true; fi; }
+WAS_UP=0
+[ -f .fcn/pids/ray-head.pid ] && kill -0 "$(cat .fcn/pids/ray-head.pid)" 2>/dev/null && WAS_UP=1
+FCN_WORKERS=0 bash cluster/up.sh
+# shellcheck disable=SC1091
+source .fcn/env            # FCN_REDIS_URL, RAY_ADDRESS, FCN_DASHBOARD_URL, RAY_AUTH_MODE
+cleanup() {
+  if [ "$WAS_UP" = 0 ] && [ "${DEMO_KEEP:-0}" != 1 ]; then bash cluster/down.sh >/dev/null 2>&1 || true; fi
+}
 trap cleanup EXIT
+echo "[demo] Redis $FCN_REDIS_URL (AOF in .fcn/redis); Ray dashboard $FCN_DASHBOARD_URL"
 
-echo "[demo] preparing synthetic shards in $FCN_DATA/synthetic"
-fcn-data prepare synthetic --out "$FCN_DATA/synthetic"
+if [ -f "$FCN_DATA/synthetic/manifest.json" ]; then
+  echo "[demo] synthetic shards already in $FCN_DATA/synthetic"
+else
+  echo "[demo] preparing synthetic shards in $FCN_DATA/synthetic"
+  fcn-data prepare synthetic --out "$FCN_DATA/synthetic" --count 240 --size 64x64
+fi
 
-echo "[demo] submitting $SPEC, all variants"
+echo "[demo] fcn-submit --spec $SPEC --variant all"
 fcn-submit --spec "$SPEC" --variant all
-echo "[demo] running a worker until the queue is empty"
-fcn-worker --ray-address auto --until-empty
+echo "[demo] fcn-worker --until-empty (watch it in the dashboard: $FCN_DASHBOARD_URL)"
+fcn-worker --ray-address "$RAY_ADDRESS" --until-empty
 
-echo "[demo] comparison (from the Parquet store $FCN_STORE)"
+echo "[demo] comparison of the variants (Parquet store $FCN_STORE)"
 fcn-results compare --dataset synthetic
 fcn-results plot --out "$FCN_STORE/report"
-echo "[demo] report: $FCN_STORE/report/report.html"
+fcn-jobs list
+echo "[demo] report: $FCN_STORE/report/report.html   ($(( $(date +%s) - T0 )) s in all)"
