@@ -60,6 +60,26 @@ class Interrupted(_interrupted_base()):  # type: ignore[misc]
     calling :func:`run` again with the same ``run_dir`` resumes it."""
 
 
+def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
+    """``ray.init`` that leaves the caller's SIGTERM/SIGINT handlers in place.
+
+    ``ray.init`` installs its own SIGTERM handler (``sys.exit``), which would cut
+    ``trainer.fit()`` with a ``SystemExit`` instead of letting the queue worker stop the run
+    through ``should_stop`` (stop checkpoint, clean release). Handlers can only be set from the
+    main thread; elsewhere nothing is restored (and ``ray.init`` installs none either).
+    """
+    import signal
+
+    import ray
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, configure_logging=False)
+    for sig, handler in saved.items():
+        if callable(handler) or handler in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------- resources
 def resolve_resources(spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float]]:
     """``(use_gpu, resources_per_worker)`` for ``spec`` on a cluster with ``cluster`` resources."""
@@ -270,8 +290,7 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         return done
 
     if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None,
-                 configure_logging=False)
+        _init_ray_keeping_signal_handlers(ray_address)
     use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
     world = spec.num_workers
     n_train = manifest.splits["train"]
