@@ -17,13 +17,22 @@ SPEC=${DEMO_SPEC:-jobs/smoke.yaml}
 
 WAS_UP=0
 [ -f .fcn/pids/ray-head.pid ] && kill -0 "$(cat .fcn/pids/ray-head.pid)" 2>/dev/null && WAS_UP=1
-FCN_WORKERS=0 bash cluster/up.sh
-# shellcheck disable=SC1091
-source .fcn/env            # FCN_REDIS_URL, RAY_ADDRESS, FCN_DASHBOARD_URL, RAY_AUTH_MODE
 cleanup() {
   if [ "$WAS_UP" = 0 ] && [ "${DEMO_KEEP:-0}" != 1 ]; then bash cluster/down.sh >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+if [ "$WAS_UP" = 0 ]; then
+  # a port of the stack's defaults already taken (another Ray on this machine): use a free one
+  free_port() { python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+  busy() { python -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', int(sys.argv[1]))) != 0)" "$1"; }
+  for var in FCN_RAY_PORT:6385 FCN_DASHBOARD_PORT:8265 FCN_METRICS_PORT:8090; do
+    name=${var%%:*}; port=${!name:-${var##*:}}
+    if busy "$port"; then export "$name=$(free_port)"; echo "[demo] port $port is taken: $name=${!name}"; fi
+  done
+fi
+FCN_WORKERS=0 bash cluster/up.sh
+# shellcheck disable=SC1091
+source .fcn/env            # FCN_REDIS_URL, RAY_ADDRESS, FCN_DASHBOARD_URL, RAY_AUTH_MODE
 echo "[demo] Redis $FCN_REDIS_URL (AOF in .fcn/redis); Ray dashboard $FCN_DASHBOARD_URL"
 
 if [ -f "$FCN_DATA/synthetic/manifest.json" ]; then
