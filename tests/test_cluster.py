@@ -310,25 +310,11 @@ MULTI = textwrap.dedent("""
 """)
 
 
-def _train_ready() -> str | None:
-    try:
-        import fcn_dist.train as train
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not there yet"
-        return f"fcn_dist.train is not importable yet ({type(exc).__name__}: {exc})"
-    if not callable(getattr(train, "run", None)):
-        return "fcn_dist.train.run does not exist yet"
-    if not (REPO / "jobs" / "smoke.yaml").exists():
-        return "jobs/smoke.yaml does not exist yet"
-    return None
-
 
 @pytest.mark.slow
 def test_two_worker_job_spans_two_nodes(stack, tmp_path):
     """A 2-worker Ray Train job on head (3 CPUs) + added node (3 CPUs) with 2 CPUs per worker:
     one rank per node, so DDP really crosses nodes; it runs to completion."""
-    reason = _train_ready()
-    if reason:
-        pytest.skip(reason)
     from fcn_dist import monitoring
     from fcn_dist.data import prepare
     from fcn_dist.spec import JobSpec

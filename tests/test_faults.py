@@ -69,6 +69,7 @@ from pathlib import Path
 import pytest
 
 from fcn_dist.queue import JobQueue
+from _helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "jobs" / "smoke.yaml"
@@ -78,14 +79,6 @@ pytestmark = pytest.mark.fault
 
 
 # --------------------------------------------------------------------------- helpers
-def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _stat(pid: int) -> tuple[int, int, int, str] | None:

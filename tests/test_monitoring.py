@@ -49,10 +49,7 @@ def test_run_name_is_stable_safe_and_says_which_job():
 
 def test_run_name_matches_the_trainers_default_run_dir():
     """Ray Train names a run after its directory: keep both conventions the same."""
-    try:
-        from fcn_dist.train.trainer import default_run_dir
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"fcn_dist.train.trainer not importable: {exc}")
+    from fcn_dist.train.trainer import default_run_dir
     from fcn_dist.spec import JobSpec
 
     spec = JobSpec(variant="16s")
@@ -348,25 +345,11 @@ SMOKE = textwrap.dedent("""
 """)
 
 
-def _train_ready() -> str | None:
-    try:
-        import fcn_dist.train as train
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not there yet"
-        return f"fcn_dist.train is not importable yet ({type(exc).__name__}: {exc})"
-    if not callable(getattr(train, "run", None)):
-        return "fcn_dist.train.run does not exist yet"
-    if not (REPO / "jobs" / "smoke.yaml").exists():
-        return "jobs/smoke.yaml does not exist yet"
-    return None
-
 
 @pytest.mark.slow
 def test_smoke_job_shows_in_dashboard_and_metrics(ray_head, tmp_path):
     """A smoke training job on the local head: its Ray Train run is named after the job in the
     dashboard's train API, and its epoch metrics are on the metrics endpoint."""
-    reason = _train_ready()
-    if reason:
-        pytest.skip(reason)
     from fcn_dist.data import prepare
     from fcn_dist.spec import JobSpec
 

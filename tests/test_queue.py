@@ -24,6 +24,7 @@ import redis
 from fcn_dist.errors import QueueError, SpecError
 from fcn_dist.queue import Interrupted, JobQueue, LeaseLost, Worker, is_interruption
 from fcn_dist.spec import JobSpec
+from _helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,14 +42,6 @@ def queue(redis_url, redis_prefix):
     q.close()
 
 
-def wait_for(cond, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def start_thread_worker(q: JobQueue, run_fn, **kw) -> tuple[Worker, threading.Thread]:
@@ -101,7 +94,7 @@ class RedisServer:
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.tmp),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._up, 10, 0.05, "redis-server to start")
+        wait_for(self._up, 10, "redis-server to start")
 
     def _up(self) -> bool:
         try:

@@ -65,7 +65,8 @@ def bench_plain_loop(spec, steps: int, threads: int | None = None) -> dict[str, 
     from fcn_dist.data.transforms import train_transform
     from fcn_dist.models import create_model
     from fcn_dist.train import metrics as M
-    from fcn_dist.train.loop import autocast, build_optimizer, resolve_amp, segmentation_loss
+    from fcn_dist.train.loop import (autocast, build_optimizer, optimizer_step, resolve_amp,
+                                     segmentation_loss)
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -93,14 +94,7 @@ def bench_plain_loop(spec, steps: int, threads: int | None = None) -> dict[str, 
             with autocast(device, amp_dtype):
                 logits = model(x)
             loss_sum, norm = segmentation_loss(logits, y, man.ignore_index)
-            loss = loss_sum / norm.clamp_min(1e-12)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if spec.grad_clip is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(loss_sum / norm.clamp_min(1e-12), model, opt, scaler, spec.grad_clip)
             cm.update(logits.detach().argmax(1), y)
             float(loss_sum.detach())  # the loop syncs on the loss flags every step
             times.append(time.perf_counter() - t0)

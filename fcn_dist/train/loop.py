@@ -218,6 +218,18 @@ def _ray_batches(shard, *, batch_size: int, skip: int, max_steps: int | None,
         yield batch["image"], batch["label"]
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scaler,
+                   grad_clip: float | None) -> None:
+    """Backward (through the AMP grad scaler), optional global-norm clipping, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 # --------------------------------------------------------------------------- the loop
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point; ``config`` is built by :func:`fcn_dist.train.trainer.run`.
@@ -423,14 +435,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 failure = (f"non-finite training loss at epoch {epoch}, step {step + 1} "
                            f"(lr {scheduler.get_last_lr()[0]:.3g}); the last good checkpoint is kept")
                 break
-            loss = loss_sum / norm.clamp_min(1e-12)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if spec.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(bare.parameters(), spec.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss_sum / norm.clamp_min(1e-12), bare, optimizer, scaler, spec.grad_clip)
             scheduler.step()
             step += 1
             images += x.shape[0]
