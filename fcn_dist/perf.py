@@ -140,6 +140,16 @@ def set_threads(n: int | None = None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_bf16() -> bool:
+    """Whether oneDNN's bf16 convolution runs on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT);
+    elsewhere (e.g. AVX2-only CPUs) a bf16 ConvReLU takes the eager path."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - builds without the op
+        return False
+
+
 class ConvReLU(nn.Module):
     """A Conv2d followed by ReLU, as one oneDNN convolution with a ReLU post-op on CPU.
 
@@ -174,8 +184,9 @@ class ConvReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad)
-        if (x.device.type == "cpu" and not needs_grad
-                and x.dtype == c.weight.dtype and x.dtype in (torch.float32, torch.bfloat16)):
+        if (x.device.type == "cpu" and not needs_grad and x.dtype == c.weight.dtype
+                and (x.dtype == torch.float32
+                     or (x.dtype == torch.bfloat16 and _onednn_bf16()))):
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, self._cpu_weight(x), c.bias, list(c.padding), list(c.stride),
                 list(c.dilation), c.groups, "relu" if self.relu else "none", [], "")

@@ -94,3 +94,34 @@ def test_frozen_backbone_trains_head_only():
 
 def test_fast_dtype_off_is_fp32():
     assert fast_dtype("cpu", "off") == torch.float32
+
+
+def test_turns_make_two_loops_alternate_step_by_step(tmp_path, monkeypatch):
+    """The Ray Train overhead benchmark's step alternation (FCN_BENCH_TURNS): two loops over
+    their batches take strict turns, and the time spent waiting for the other is reported."""
+    import os
+    import threading
+    import time
+
+    from fcn_dist.train.loop import _Turns
+
+    for name in ("a", "b"):
+        os.mkfifo(tmp_path / name)
+    monkeypatch.setenv("FCN_BENCH_TURNS", f"{tmp_path},a,b")
+    ta = _Turns.from_env()
+    tb = _Turns(str(tmp_path), "b", "a")
+    os.write(os.open(tmp_path / "a", os.O_RDWR), b"x")  # a starts
+    order: list[str] = []
+
+    def loop(turns, name):
+        for step in turns.alternate(range(4)):
+            order.append(f"{name}{step}")
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=loop, args=(t, n)) for t, n in ((tb, "b"), (ta, "a"))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert order == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
+    assert tb.take_waited() >= 0.01 and tb.take_waited() == 0.0

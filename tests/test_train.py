@@ -67,6 +67,7 @@ def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
         for k in ("miou", "pixel_accuracy", "mean_accuracy", "fwiou", "train_miou"):
             assert _in01(r[k]), (k, r[k])
         assert math.isfinite(r["train_loss"]) and r["images_per_second"] > 0
+        assert 0 < r["step_seconds"] < r["epoch_seconds"]
     runs = store.runs().to_pylist()
     assert len(runs) == 1
     row = runs[0]
@@ -240,6 +241,36 @@ def test_fcn8s_learns_synthetic_shapes(ray_session, tmp_path_factory, store_root
     res = run(spec, run_dir=tmp_path / "learn")
     assert res["best_val_miou"] >= 0.90, res
     assert res["miou"] >= 0.85, res  # test split, original resolution
+
+
+@pytest.mark.ray
+def test_loop_outside_ray_is_the_same_loop(ray_session, synthetic, tmp_path, monkeypatch):
+    """The Ray Train overhead benchmark compares ``run`` (1 Ray Train worker) with
+    ``run_loop_locally`` (Ray Train's local mode, no Ray): it must be the same computation, so
+    a deterministic spec gives bitwise the same epoch rows either way."""
+    from fcn_dist.store import ResultsStore
+    from fcn_dist.train import run
+    from fcn_dist.train.trainer import run_loop_locally
+
+    spec = _spec(synthetic, "num_workers=1", "epochs=2", "deterministic=true", "amp=off",
+                 "steps_per_epoch=3", "batch_size=4")
+    rows = {}
+    for mode in ("ray", "local"):
+        monkeypatch.setenv("FCN_STORE", str(tmp_path / mode / "store"))
+        if mode == "ray":
+            run(spec, run_dir=tmp_path / mode / "run")
+        else:
+            threads = torch.get_num_threads()
+            summary = run_loop_locally(spec, run_dir=tmp_path / mode / "run")
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+            assert summary["status"] == "completed" and summary["step_seconds"] > 0
+        rows[mode] = sorted(ResultsStore(tmp_path / mode / "store").epochs().to_pylist(),
+                            key=lambda r: r["epoch"])
+    assert [r["epoch"] for r in rows["local"]] == [1, 2]
+    for a, b in zip(rows["ray"], rows["local"]):
+        for k in ("train_loss", "val_loss", "miou", "pixel_accuracy", "train_miou", "lr"):
+            assert a[k] == b[k], (a["epoch"], k)
+        assert b["step_seconds"] > 0 and b["world_size"] == 1
 
 
 @pytest.mark.ray

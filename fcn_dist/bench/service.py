@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import shutil
 import statistics
@@ -27,7 +28,7 @@ from fcn_dist.bench.timing import machine_info, percentile
 
 __all__ = [
     "bench_ingest",
-    "bench_plain_loop",
+    "bench_local_loop",
     "bench_queue",
     "bench_ray_train",
     "bench_store",
@@ -36,13 +37,14 @@ __all__ = [
 ]
 
 
-def _spec(model: str, size: int, batch: int, steps: int, data_dir: str, **kw: Any):
+def _spec(model: str, size: int, batch: int, steps: int, data_dir: str, epochs: int = 2,
+          **kw: Any):
     from fcn_dist.models import parse_model_name
     from fcn_dist.spec import JobSpec
 
     variant, backbone = parse_model_name(model)
     return JobSpec(name="bench", data=str(data_dir), variant=variant, backbone=backbone,
-                   backbone_weights=None, epochs=2, batch_size=batch, crop_size=[size, size],
+                   backbone_weights=None, epochs=epochs, batch_size=batch, crop_size=[size, size],
                    eval_size=[size, size], num_workers=1, use_gpu="auto", steps_per_epoch=steps,
                    data_loader="torch", verify_data=False, max_failures=0, **kw)
 
@@ -55,58 +57,57 @@ def prepare_data(out: str | os.PathLike, count: int, size: int) -> str:
     return str(out)
 
 
-def bench_plain_loop(spec, steps: int, threads: int | None = None) -> dict[str, Any]:
-    """The train loop's step outside Ray: same data path, model, optimizer, AMP, loss, metrics.
+def _epoch_figures(store_root: str) -> list[dict[str, Any]]:
+    from fcn_dist.store import ResultsStore
 
-    Returns ``images_per_second`` (batch / median step time) over the steps after the first
-    (warm-up) one, and the mean-based figure beside it.
-    """
-    from fcn_dist.data import ShardDataset, read_manifest
-    from fcn_dist.data.transforms import train_transform
-    from fcn_dist.models import create_model
-    from fcn_dist.train import metrics as M
-    from fcn_dist.train.loop import (autocast, build_optimizer, optimizer_step, resolve_amp,
-                                     segmentation_loss)
+    rows = sorted(ResultsStore(store_root).epochs().to_pylist(), key=lambda r: r["epoch"])
+    return [{"epoch": r["epoch"], "images_per_second": r["images_per_second"],
+             "step_seconds": r.get("step_seconds"), "epoch_seconds": r["epoch_seconds"]}
+            for r in rows]
 
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        device = torch.device("cuda" if torch.cuda.is_available() and spec.use_gpu != "false"
-                              else "cpu")
-        man = read_manifest(spec.data_dir())
-        ds = ShardDataset(spec.data_dir(), "train",
-                          transform=train_transform(list(spec.crop_size), man.ignore_index))
-        torch.manual_seed(spec.seed)
-        model = create_model(spec.model_name, man.num_classes).to(device).train()
-        opt = build_optimizer(model, spec)
-        amp_dtype, use_scaler = resolve_amp(spec.amp, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        cm = M.confusion_matrix_metric(man.num_classes, man.ignore_index, device)
-        n = len(ds)
-        times: list[float] = []
-        for step in range(steps + 1):
-            t0 = time.perf_counter()
-            idx = [(step * spec.batch_size + i) % n for i in range(spec.batch_size)]
-            items = [ds[i] for i in idx]
-            x = torch.stack([it[0] for it in items]).to(device)
-            y = torch.stack([it[1] for it in items]).to(device)
-            with autocast(device, amp_dtype):
-                logits = model(x)
-            loss_sum, norm = segmentation_loss(logits, y, man.ignore_index)
-            optimizer_step(loss_sum / norm.clamp_min(1e-12), model, opt, scaler, spec.grad_clip)
-            cm.update(logits.detach().argmax(1), y)
-            float(loss_sum.detach())  # the loop syncs on the loss flags every step
-            times.append(time.perf_counter() - t0)
-        steady = times[1:] or times
-        # median step: one step stalled by another process on a shared machine must not decide
-        return {"images_per_second": spec.batch_size / statistics.median(steady),
-                "images_per_second_mean": spec.batch_size * len(steady) / sum(steady),
-                "step_seconds_median": statistics.median(steady), "steps": len(steady),
-                "threads": torch.get_num_threads(), "device": device.type,
-                "first_step_seconds": times[0]}
-    finally:
-        torch.set_num_threads(old_threads)
+
+def _steady(epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steady-state figures: epoch 1 (kernel warm-up, allocator growth) is left out when
+    there are later epochs; the step time is the median over the remaining epochs' medians."""
+    later = epochs[1:] or epochs
+    steps = [e["step_seconds"] for e in later if e.get("step_seconds")]
+    ips = [e["images_per_second"] for e in later if e.get("images_per_second")]
+    return {"step_seconds": statistics.median(steps) if steps else None,
+            "images_per_second": statistics.median(ips) if ips else None}
+
+
+def bench_local_loop(spec, store_root: str, run_dir: str) -> dict[str, Any]:
+    """The same training loop outside Ray: :func:`fcn_dist.train.trainer.run_loop_locally`
+    (Ray Train's local mode: ``train_loop_per_worker`` as a plain function in this process,
+    no Ray cluster). Step times come from the loop's epoch rows, as for the Ray run."""
+    from fcn_dist.train.trainer import run_loop_locally
+
+    os.environ["FCN_STORE"] = store_root
+    t0 = time.time()
+    summary = run_loop_locally(spec, run_dir=run_dir)
+    out: dict[str, Any] = {"epochs": _epoch_figures(store_root), "run_seconds": time.time() - t0,
+                           "threads": torch.get_num_threads(), "status": summary.get("status")}
+    out.update(_steady(out["epochs"]))
+    return out
+
+
+def _machine_busy(seconds: float) -> float | None:
+    """Fraction of all CPUs busy (any process) over the next ``seconds``, from /proc/stat."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals) - idle, sum(vals)
+
+    a = read()
+    time.sleep(seconds)
+    b = read()
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
 
 
 def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None = None
@@ -122,6 +123,7 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
     from fcn_dist.train import run
 
     os.environ["FCN_STORE"] = store_root
+    out: dict[str, Any] = {}
     queue = prefix = None
     job_id = None
     t_claim = None
@@ -132,7 +134,6 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
             prefix = f"fcnbench:{uuid.uuid4().hex[:12]}:"
             queue = JobQueue(redis_url, prefix=prefix)
             queue.ping()
-    out: dict[str, Any] = {}
     try:
         if queue is not None:
             sub = queue.submit(spec)
@@ -163,11 +164,8 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
                         first_row_seen = time.time()
         if error:
             raise error[0]
-        rows = sorted(ResultsStore(store_root).epochs().to_pylist(), key=lambda r: r["epoch"])
-        out["epochs"] = [{"epoch": r["epoch"], "images_per_second": r["images_per_second"],
-                          "epoch_seconds": r["epoch_seconds"]} for r in rows]
-        steady = rows[-1] if rows else {}
-        out["images_per_second"] = steady.get("images_per_second")
+        out["epochs"] = rows = _epoch_figures(store_root)
+        out.update(_steady(rows))
         out["run_seconds"] = time.time() - t_start
         out["train_seconds"] = result.get("train_seconds")
         if rows and first_row_seen is not None:
@@ -184,19 +182,85 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
     return out
 
 
+def bench_train_pairs(spec, work: str, repeats: int, redis_url: str | None,
+                      settle_seconds: float) -> dict[str, Any]:
+    """The Ray Train overhead: the same loop outside Ray and in Ray Train, step by step.
+
+    A local Ray is started here and left ``settle_seconds`` (its processes import and
+    register for a while after a start; ``fcn-worker`` keeps its Ray across jobs, so that is
+    start-up cost, reported as ``ray_start_seconds``), and its idle cost is taken (machine CPU
+    busy over 5 s). Then, ``repeats`` times, two runs of the same spec go side by side:
+    :func:`~fcn_dist.train.trainer.run_loop_locally` in a plain subprocess (the loop outside
+    Ray) and :func:`~fcn_dist.train.run` (the loop in a 1-worker Ray Train job). They take
+    strict turns, one training step each (``FCN_BENCH_TURNS``, see
+    ``fcn_dist.train.loop._Turns``), so a machine whose speed drifts by 10-20 % from minute to
+    minute (a shared VM) slows both alike, and each times only its own steps. The first Ray
+    job goes through the Redis queue for the claim -> first step time.
+    """
+    import json
+    import subprocess
+
+    import ray
+
+    from fcn_dist.train.trainer import _init_ray_keeping_signal_handlers
+
+    out: dict[str, Any] = {"local": [], "ray": [], "settle_seconds": settle_seconds}
+    t0 = time.time()
+    _init_ray_keeping_signal_handlers(None)
+    out["ray_start_seconds"] = time.time() - t0
+    time.sleep(max(0.0, settle_seconds - 5.0))
+    out["ray_idle_cpu_fraction"] = _machine_busy(5.0)  # Ray idle + whatever else runs
+    try:
+        for rep in range(repeats):
+            turns = os.path.join(work, f"turns-{rep}")
+            os.makedirs(turns)
+            for name in ("local", "ray"):
+                os.mkfifo(os.path.join(turns, name))
+            first = os.open(os.path.join(turns, "local" if rep % 2 == 0 else "ray"), os.O_RDWR)
+            os.write(first, b"x")  # who starts alternates from pair to pair
+            cfg = {"mode": "local", "spec": spec.to_json(),
+                   "store_root": os.path.join(work, f"store-local-{rep}"),
+                   "run_dir": os.path.join(work, "runs", f"local-{rep}")}
+            local = subprocess.Popen(
+                [sys.executable, "-m", "fcn_dist.bench.service", json.dumps(cfg)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "FCN_BENCH_TURNS": f"{turns},local,ray"})
+            os.environ["FCN_BENCH_TURNS"] = f"{turns},ray,local"  # run() passes it to its worker
+            try:
+                out["ray"].append(bench_ray_train(
+                    spec, os.path.join(work, f"store-ray-{rep}"),
+                    os.path.join(work, "runs", f"ray-{rep}"), redis_url if rep == 0 else None))
+            finally:
+                del os.environ["FCN_BENCH_TURNS"]
+                stdout, stderr = local.communicate(timeout=1800)
+                os.close(first)
+            out["local"].append(_last_json(stdout, stderr, local.returncode))
+    finally:
+        ray.shutdown()
+    return out
+
+
+def _last_json(stdout: str, stderr: str, returncode: int | None) -> dict[str, Any]:
+    import json
+
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = (stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"subprocess exited {returncode}: {tail[:300]}"}
+
+
 def _in_subprocess(config: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """:func:`bench_ray_train` in a fresh Python process (its own local Ray, started and
-    stopped there), so the benchmark process never holds a Ray connection."""
+    """:func:`bench_train_pairs` (``config["mode"] == "pairs"``), :func:`bench_ray_train`
+    (``"ray"``) or :func:`bench_local_loop` (``"local"``) in a fresh Python process with its
+    own local Ray, started and stopped there: the benchmark process never holds a Ray
+    connection."""
     import json
     import subprocess
 
     cmd = [sys.executable, "-m", "fcn_dist.bench.service", json.dumps(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    for line in reversed(proc.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"ray train subprocess exited {proc.returncode}: {tail[:300]}"}
+    return _last_json(proc.stdout, proc.stderr, proc.returncode)
 
 
 def _drop_prefix(queue: Any, prefix: str | None) -> int:
@@ -352,6 +416,9 @@ def run_service_bench(
     batch: int = 8,
     steps: int = 8,
     count: int = 160,
+    epochs: int = 2,
+    repeats: int = 1,
+    settle_seconds: float = 20.0,
     redis_url: str | None = "redis://127.0.0.1:6379/0",
     queue_jobs: int = 500,
     store_runs: int = 10_000,
@@ -369,34 +436,55 @@ def run_service_bench(
         data_dir = None
         if "train" in parts or "ingest" in parts:
             say("preparing synthetic data ...")
+            # enough train images (80 % of them) for `steps` full batches
+            count = max(count, math.ceil(steps * batch / 0.8) + 2)
             data_dir = prepare_data(os.path.join(work, "data"), count, size)
         if "train" in parts:
-            spec = _spec(model, size, batch, steps, data_dir)
+            spec = _spec(model, size, batch, steps, data_dir, epochs=epochs)
             from fcn_dist.train.trainer import resolve_resources
-
             _, per_worker = resolve_resources(spec, {"CPU": float(os.cpu_count() or 1)})
-            ray_threads = max(1, int(per_worker.get("CPU", 1)))
-            plain_same = _part(f"plain loop ({ray_threads} threads, as the Ray worker)",
-                               lambda: bench_plain_loop(spec, steps, ray_threads), say)
-            plain_all = _part("plain loop (all cores)", lambda: bench_plain_loop(spec, steps), say)
-            ray_res = _part("ray train (1 worker, own process)", lambda: _in_subprocess({
-                "spec": spec.to_json(), "store_root": os.path.join(work, "store"),
-                "run_dir": os.path.join(work, "runs", "bench"), "redis_url": redis_url}), say)
-            res["train"] = {"ray": ray_res, "plain_same_threads": plain_same,
-                            "plain_all_cores": plain_all, "ray_worker_cpus": per_worker}
-            r_ips = ray_res.get("images_per_second")
-            if r_ips and plain_same.get("images_per_second"):
-                res["ray_train_overhead"] = plain_same["images_per_second"] / r_ips - 1
-            if r_ips and plain_all.get("images_per_second"):
-                res["ray_train_overhead_vs_all_cores"] = plain_all["images_per_second"] / r_ips - 1
-            res["claim_to_first_step_seconds"] = ray_res.get("claim_to_first_step_seconds")
+            runs = _part(f"{repeats} pair(s): the loop outside Ray (Ray Train local mode) and in "
+                         "a 1-worker Ray Train job, taking turns step by step", lambda: _in_subprocess({
+                             "mode": "pairs", "spec": spec.to_json(), "work": work,
+                             "repeats": repeats, "redis_url": redis_url,
+                             "settle_seconds": settle_seconds}), say)
+            if "error" in runs:
+                res["train"] = {"error": runs["error"]}
+                runs = {"local": [], "ray": []}
+            else:
+                res["train"] = {"local": runs["local"], "ray": runs["ray"],
+                                "ray_worker_cpus": per_worker, "repeats": repeats}
+
+            def best(mode: str, key: str, fn=min) -> Any:
+                vals = [r[key] for r in runs[mode] if r.get(key)]
+                return fn(vals) if vals else None
+
+            # the least disturbed run of each (shortest steady step) on a shared machine, and
+            # the median over the alternated pairs (the figure quoted as the overhead)
+            loc, ray_s = best("local", "step_seconds"), best("ray", "step_seconds")
+            t = res["train"]
+            t["local_step_seconds"], t["ray_step_seconds"] = loc, ray_s
+            # images/s from the step time: the runs took turns, so per-epoch rates count waits
+            t["local_images_per_second"] = spec.batch_size / loc if loc else None
+            t["ray_images_per_second"] = spec.batch_size / ray_s if ray_s else None
+            if loc and ray_s:
+                res["ray_train_overhead_best_vs_best"] = ray_s / loc - 1
+            ratios = [r["step_seconds"] / l_["step_seconds"] - 1
+                      for l_, r in zip(runs["local"], runs["ray"])
+                      if r.get("step_seconds") and l_.get("step_seconds")]
+            res["ray_train_overhead_per_pair"] = ratios
+            if ratios:
+                res["ray_train_overhead"] = statistics.median(ratios)
+            res["claim_to_first_step_seconds"] = best("ray", "claim_to_first_step_seconds")
+            for k in ("ray_start_seconds", "ray_idle_cpu_fraction"):
+                res[k] = runs.get(k)
         if "ingest" in parts:
             res["ingest"] = _part("ray data ingest", lambda: bench_ingest(data_dir, size, batch),
                                   say)
             # the fastest consumer measured (Ray Train worker or the plain loop)
-            consumed = max([v.get("images_per_second") or 0.0
-                            for v in res.get("train", {}).values()
-                            if isinstance(v, dict)] + [0.0]) or None
+            t = res.get("train", {})
+            consumed = max(t.get("local_images_per_second") or 0.0,
+                           t.get("ray_images_per_second") or 0.0) or None
             if consumed and res["ingest"].get("images_per_second"):
                 res["ingest_over_training"] = res["ingest"]["images_per_second"] / consumed
         if "queue" in parts:
@@ -440,14 +528,19 @@ def format_service_table(res: dict[str, Any]) -> str:
                 lines.append(f"  {part}: error: {err}")
     if "train" in res:
         t = res["train"]
+        pairs = ", ".join(format(x, "+.1%") for x in res.get("ray_train_overhead_per_pair") or [])
         lines += [
-            f"  training images/s: Ray Train 1 worker {f(_g(t, 'ray', 'images_per_second'))}, "
-            f"plain loop same threads ({f(_g(t, 'plain_same_threads', 'threads'), 'd')}) "
-            f"{f(_g(t, 'plain_same_threads', 'images_per_second'))}, plain all cores "
-            f"{f(_g(t, 'plain_all_cores', 'images_per_second'))}",
-            f"  Ray Train overhead: {f(res.get('ray_train_overhead'), '+.1%')} (same threads), "
-            f"{f(res.get('ray_train_overhead_vs_all_cores'), '+.1%')} (vs all cores)",
-            f"  claim -> first training step: {f(res.get('claim_to_first_step_seconds'), '.1f', ' s')}",
+            f"  training step (median, data fetch included): outside Ray (local mode) "
+            f"{f(_g(t, 'local_step_seconds'), '.4f', ' s')}, Ray Train 1 worker "
+            f"{f(_g(t, 'ray_step_seconds'), '.4f', ' s')} (batch / step: "
+            f"{f(_g(t, 'local_images_per_second'))} / {f(_g(t, 'ray_images_per_second'))} images/s)",
+            f"  Ray Train overhead: {f(res.get('ray_train_overhead'), '+.1%')} of step time "
+            f"(median of {t.get('repeats')} alternated pair(s): {pairs or '-'}; best vs best "
+            f"{f(res.get('ray_train_overhead_best_vs_best'), '+.1%')})",
+            f"  claim -> first training step: {f(res.get('claim_to_first_step_seconds'), '.1f', ' s')}"
+            f" (Ray already up, as under fcn-worker; starting a local Ray took "
+            f"{f(res.get('ray_start_seconds'), '.1f', ' s')}; machine busy while Ray idles: "
+            f"{f(res.get('ray_idle_cpu_fraction'), '.1%')})",
         ]
     if "ingest" in res:
         lines.append(f"  Ray Data ingest: {f(_g(res, 'ingest', 'images_per_second'))} images/s "
@@ -476,6 +569,12 @@ if __name__ == "__main__":  # the Ray Train part, run by _in_subprocess
     from fcn_dist.spec import JobSpec
 
     _cfg = json.loads(sys.argv[1])
-    _out = bench_ray_train(JobSpec.from_json(_cfg["spec"]), _cfg["store_root"], _cfg["run_dir"],
-                           _cfg.get("redis_url"))
+    _spec_ = JobSpec.from_json(_cfg["spec"])
+    if _cfg.get("mode") == "pairs":
+        _out = bench_train_pairs(_spec_, _cfg["work"], _cfg["repeats"], _cfg.get("redis_url"),
+                                 _cfg["settle_seconds"])
+    elif _cfg.get("mode") == "local":
+        _out = bench_local_loop(_spec_, _cfg["store_root"], _cfg["run_dir"])
+    else:
+        _out = bench_ray_train(_spec_, _cfg["store_root"], _cfg["run_dir"], _cfg.get("redis_url"))
     print(json.dumps(_out, default=str), flush=True)

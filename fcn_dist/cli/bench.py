@@ -102,12 +102,19 @@ _PARTS = ("train", "ingest", "queue", "store")
 
 @main.command()
 @click.option("--model", "model_name", default="fcn8s_resnet18", show_default=True,
-              help="model trained in the Ray Train / plain-loop comparison")
+              help="model trained in the Ray Train / outside-Ray comparison")
 @click.option("--size", type=int, default=128, show_default=True, help="crop size")
 @click.option("--batch", type=int, default=8, show_default=True)
 @click.option("--steps", type=int, default=8, show_default=True, help="training steps per epoch")
+@click.option("--epochs", type=click.IntRange(1), default=2, show_default=True,
+              help="epochs per training run (the first is left out of the steady figures)")
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="alternated outside-Ray / Ray Train run pairs (the best of each is compared)")
+@click.option("--settle", "settle_seconds", type=float, default=20.0, show_default=True,
+              help="seconds the local Ray is left to start up before the Ray Train job (as "
+                   "under a long-running fcn-worker); 0 still starts Ray before the job")
 @click.option("--count", type=int, default=160, show_default=True,
-              help="synthetic images (train split = 80%)")
+              help="synthetic images (train split = 80%; raised to fill --steps batches)")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True,
               help="Redis for the queue figures (a unique key prefix, removed afterwards)")
 @click.option("--queue-jobs", type=int, default=500, show_default=True)
@@ -118,7 +125,7 @@ _PARTS = ("train", "ingest", "queue", "store")
 @click.option("--skip", "skip", multiple=True, type=click.Choice(_PARTS),
               help="skip these parts (repeatable)")
 @click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
-def service(model_name, size, batch, steps, count, redis_url, queue_jobs, store_runs,
+def service(model_name, size, batch, steps, epochs, repeats, settle_seconds, count, redis_url, queue_jobs, store_runs,
             store_epochs, only, skip, json_out) -> None:
     """Ray Train overhead, Ray Data ingest, Redis submit latency, Parquet store figures."""
     from fcn_dist.bench.service import format_service_table, run_service_bench
@@ -128,6 +135,7 @@ def service(model_name, size, batch, steps, count, redis_url, queue_jobs, store_
         _fail("nothing to run (every part skipped)", 2)
     try:
         res = run_service_bench(model=model_name, size=size, batch=batch, steps=steps,
+                                epochs=epochs, repeats=repeats, settle_seconds=settle_seconds,
                                 count=count, redis_url=redis_url, queue_jobs=queue_jobs,
                                 store_runs=store_runs, store_epochs=store_epochs, parts=parts,
                                 log=lambda s: click.echo(s, err=True))

@@ -32,6 +32,7 @@ and a ``schema_version`` column):
 | lr | double | learning rate at the end of the epoch |
 | epoch_seconds | double | wall time of the epoch (train + val) |
 | images_per_second | double | training throughput, all workers |
+| step_seconds | double | median training step time (data fetch included; the epoch's first step left out) |
 | world_size | int32 | number of training workers |
 | device | string | e.g. `cuda`, `cpu` |
 | timestamp | timestamp[us, UTC] | when the row was written (default: now) |
@@ -136,6 +137,7 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("lr", pa.float64()),
         pa.field("epoch_seconds", pa.float64()),
         pa.field("images_per_second", pa.float64()),
+        pa.field("step_seconds", pa.float64()),
         pa.field("world_size", pa.int32()),
         pa.field("device", pa.string()),
         pa.field("timestamp", _TS),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -216,6 +217,60 @@ def _ray_batches(shard, *, batch_size: int, skip: int, max_steps: int | None,
         if step < skip:  # resuming mid-epoch: these steps were trained before the stop
             continue
         yield batch["image"], batch["label"]
+
+
+class _Turns:
+    """Benchmark only: two processes running this loop take strict turns, one step each.
+
+    ``FCN_BENCH_TURNS=<dir>,<me>,<other>``: ``<dir>/<me>`` and ``<dir>/<other>`` are FIFOs; a
+    step starts once a byte arrives on ours (a blocking read: no CPU while waiting) and hands
+    the turn on by writing one to the other's. ``fcn-bench service`` runs the loop outside Ray
+    and inside a Ray Train worker this way, so both are timed under the same machine load,
+    step by step. A turn not handed back within ``timeout`` seconds is taken anyway.
+    """
+
+    def __init__(self, directory: str, me: str, other: str, timeout: float = 120.0) -> None:
+        self._mine = os.open(os.path.join(directory, me), os.O_RDWR)
+        self._theirs = os.open(os.path.join(directory, other), os.O_RDWR)
+        self.timeout = timeout
+        self._waited = 0.0
+
+    @classmethod
+    def from_env(cls) -> "_Turns | None":
+        value = os.environ.get("FCN_BENCH_TURNS")
+        if not value:
+            return None
+        directory, me, other = value.split(",")
+        return cls(directory, me, other)
+
+    def wait(self) -> None:
+        import select
+
+        t = time.perf_counter()
+        ready, _, _ = select.select([self._mine], [], [], self.timeout)
+        if ready:
+            os.read(self._mine, 1)
+        self._waited += time.perf_counter() - t
+
+    def release(self) -> None:
+        os.write(self._theirs, b"x")
+
+    def take_waited(self) -> float:
+        waited, self._waited = self._waited, 0.0
+        return waited
+
+    def alternate(self, batches: Iterator) -> Iterator:
+        """``batches``, each fetched (and then trained on) during our turn."""
+        it = iter(batches)
+        while True:
+            self.wait()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.release()
+                return
+            yield item
+            self.release()  # the consumer asked for the next batch: its step is done
 
 
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scaler,
@@ -414,12 +469,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         train_cm = M.confusion_matrix_metric(num_classes, ignore_index, device)
         loss_stats = torch.zeros(2, dtype=torch.float64, device=device)
         images, step, stopped, failure = 0, skip, False, None
+        # wall time of each step, its data fetch included (CPU ops are synchronous and the
+        # loss flags below sync the GPU every step): the median is the steady step time that
+        # the Ray Train overhead benchmark compares with the same loop run outside Ray
+        step_times: list[float] = []
+        data_times: list[float] = []  # of which waiting for the batch (loading, decoding)
+        t_step = time.perf_counter()
         if prog:  # resuming mid-epoch: the sums so far (global ones, held by rank 0 alone)
             loss_stats += prog["loss_stats"].to(device, torch.float64)  # identical on all ranks
             if rank == 0:
                 train_cm.confmat += prog["train_cm"].to(device, train_cm.confmat.dtype)
                 images = int(prog["images"])
+        turns = _Turns.from_env()
+        if turns is not None:
+            batches = turns.alternate(batches)
         for x, y in batches:
+            if turns is not None:  # time spent waiting for the other process is not ours
+                t_step += turns.take_waited()
+            data_times.append(time.perf_counter() - t_step)
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
@@ -441,6 +508,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             images += x.shape[0]
             loss_stats += flags[:2]
             train_cm.update(logits.detach().argmax(1), y)
+            now = time.perf_counter()
+            step_times.append(now - t_step)
+            t_step = now
             if flags[3] > 0:
                 stopped = True
                 break
@@ -478,6 +548,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if val["miou"] > totals["best_val_miou"]:
             totals["best_val_miou"], totals["best_epoch"] = float(val["miou"]), epoch
         ips = img_t.item() / train_seconds if train_seconds > 0 else 0.0
+        # the first step of an epoch also starts the data iterator (and, in epoch 1, warms up
+        # the kernels): the median over the others is the steady-state step
+        steady = step_times[1:] or step_times
+        step_seconds = statistics.median(steady) if steady else math.nan
+        data_steady = data_times[1:] or data_times
+        totals["step_seconds"] = step_seconds
+        totals["data_seconds"] = statistics.median(data_steady) if data_steady else math.nan
         metrics = {
             "epoch": epoch, "partial": 0, SCORE_ATTRIBUTE: _finite(val["miou"]),
             "val_pixel_accuracy": val["pixel_accuracy"], "val_mean_accuracy": val["mean_accuracy"],
@@ -485,7 +562,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "train_loss": float(loss_stats[0] / loss_stats[1].clamp_min(1e-12)),
             "train_miou": train_summary["miou"], "train_pixel_accuracy": train_summary["pixel_accuracy"],
             "lr": float(scheduler.get_last_lr()[0]), "epoch_seconds": epoch_seconds,
-            "images_per_second": ips, "world_size": world,
+            "images_per_second": ips, "step_seconds": _finite(step_seconds),
+            "data_seconds": _finite(totals["data_seconds"]), "world_size": world,
         }
         if store is not None:  # before report: a crash in between repeats the row, never loses it
             store.append_epochs([{
@@ -494,8 +572,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 "mean_accuracy": val["mean_accuracy"], "fwiou": val["fwiou"],
                 "train_miou": train_summary["miou"],
                 "train_pixel_accuracy": train_summary["pixel_accuracy"], "lr": metrics["lr"],
-                "epoch_seconds": epoch_seconds, "images_per_second": ips, "world_size": world,
-                "device": device.type,
+                "epoch_seconds": epoch_seconds, "images_per_second": ips,
+                "step_seconds": step_seconds if math.isfinite(step_seconds) else None,
+                "world_size": world, "device": device.type,
             }])
         if rank == 0:  # Ray metrics endpoint (fcn_epoch_seconds, fcn_images_per_second, ...)
             from fcn_dist import monitoring
@@ -526,4 +605,7 @@ def _summary(status: str, epoch: int, totals: dict[str, Any], world: int, device
     ips = totals["train_images"] / totals["image_seconds"] if totals["image_seconds"] > 0 else 0.0
     return {"status": status, "epoch": epoch, "best_epoch": totals["best_epoch"],
             "best_val_miou": totals["best_val_miou"], "train_seconds": totals["train_seconds"],
-            "images_per_second": ips, "world_size": world, "device": device.type}
+            "images_per_second": ips,
+            **{k: totals[k] if math.isfinite(totals.get(k, math.nan)) else None
+               for k in ("step_seconds", "data_seconds")},
+            "world_size": world, "device": device.type}

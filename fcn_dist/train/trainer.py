@@ -239,25 +239,18 @@ def _failure_message(err: BaseException) -> tuple[type[FcnError], str]:
     return TrainingError, f"training failed: {text[:500]}"
 
 
-def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
-        init_from: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
-        ray_address: str | None = None) -> dict[str, Any]:
-    """Run one training job on Ray Train; return the JSON-able result summary.
+class _Inputs:
+    """What :func:`run` checked before starting anything (see :func:`_check_inputs`)."""
 
-    ``run_dir`` holding checkpoints resumes from the latest. ``init_from`` (or ``spec.init_from``)
-    is the previous stage's checkpoint (staged 32s -> 16s -> 8s). ``should_stop()`` turning True
-    saves a checkpoint and raises :class:`Interrupted`. A non-finite loss raises
-    :class:`~fcn_dist.errors.TrainingError` naming epoch and step. ``ray_address``: an existing
-    cluster (else ``RAY_ADDRESS``, else a local Ray started here).
-    """
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
 
+
+def _check_inputs(spec, *, run_dir, init_from, job_id) -> _Inputs:
+    """The data (manifest, splits, shard sizes and hashes), the run dir and ``init_from``;
+    each problem is a :class:`SpecError`/``DataError`` naming the field or file."""
     from fcn_dist.data import read_manifest, verify
-    from fcn_dist.store import ResultsStore
 
-    started = _now()
     data_dir = spec.data_dir()
     manifest = read_manifest(data_dir)
     if "train" not in manifest.splits:
@@ -275,23 +268,22 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         verify(manifest, split, sha256=spec.verify_data)
 
     run_path = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(spec, job_id)
-    run_id = run_path.name
     init_from = init_from or spec.init_from
     if init_from:
         ip = Path(init_from).expanduser()
         if not (ip / "model.pt").is_file() and not (ip.is_file() and ip.suffix == ".pt"):
             raise SpecError(f"init_from: {init_from} is not a checkpoint directory (no model.pt)")
         init_from = str(ip.resolve())
-    store_dir = spec.store_dir()
-    store = ResultsStore(store_dir)
-    done = _existing_run(store, run_id)
-    if done is not None:  # finished before (e.g. the driver died after writing): do not redo
-        log.info("run %s already finished; returning its stored result", run_id)
-        return done
+    return _Inputs(data_dir=data_dir, manifest=manifest, val_split=val_split,
+                   test_split=test_split, run_path=run_path, run_id=run_path.name,
+                   init_from=init_from)
 
-    if not ray.is_initialized():
-        _init_ray_keeping_signal_handlers(ray_address)
-    use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
+
+def _loop_config(spec, inp: _Inputs, *, job_id: str | None, use_gpu: bool,
+                 resources: dict[str, float]) -> dict[str, Any]:
+    """The ``train_loop_config`` of :func:`~fcn_dist.train.loop.train_loop_per_worker`
+    (creates the run dir; median-frequency class weights are computed once and kept there)."""
+    manifest, run_path = inp.manifest, inp.run_path
     world = spec.num_workers
     n_train = manifest.splits["train"]
     per_rank = n_train // world
@@ -311,30 +303,99 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         if cw_file.is_file():
             class_weights = json.loads(cw_file.read_text())
         else:
-            class_weights = median_frequency_weights(data_dir)
+            class_weights = median_frequency_weights(inp.data_dir)
             cw_file.write_text(json.dumps(class_weights))
-    stop_file = run_path / STOP_FILE
-    stop_file.unlink(missing_ok=True)
-
-    loop_config = {
-        "spec": spec.to_dict(), "run_id": run_id, "job_id": job_id, "run_dir": str(run_path),
-        "data_dir": str(data_dir), "store_dir": str(store_dir), "dataset": data_dir.name,
+    return {
+        "spec": spec.to_dict(), "run_id": inp.run_id, "job_id": job_id, "run_dir": str(run_path),
+        "data_dir": str(inp.data_dir), "store_dir": str(spec.store_dir()),
+        "dataset": inp.data_dir.name,
         "num_classes": manifest.num_classes, "classes": list(manifest.classes),
         "palette": manifest.palette, "ignore_index": manifest.ignore_index,
-        "val_split": val_split, "steps_per_epoch": steps, "data_loader": data_loader,
-        "init_from": init_from, "class_weights": class_weights,
+        "val_split": inp.val_split, "steps_per_epoch": steps, "data_loader": data_loader,
+        "init_from": inp.init_from, "class_weights": class_weights,
         # validation decoding processes: only where the worker has CPUs to spare (GPU runs)
         "loader_workers": min(4, max(0, int(resources["CPU"]) - 1)) if use_gpu else 0,
     }
+
+
+def run_loop_locally(spec, *, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The training loop in Ray Train's local mode (``ScalingConfig(num_workers=0)``): the
+    same :func:`~fcn_dist.train.loop.train_loop_per_worker`, run as a plain function in this
+    process, with no Ray cluster, actors or Ray Data. For benchmarks (the Ray Train overhead
+    is :func:`run`'s step time over this one's) and debugging: epoch rows go to the store,
+    but no checkpoint is kept and no test evaluation runs. Returns the loop's summary."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn_dist.perf import physical_cores
+
+    inp = _check_inputs(spec, run_dir=run_dir, init_from=None, job_id=None)
+    use_gpu = spec.use_gpu == "true" or (spec.use_gpu == "auto" and torch.cuda.is_available())
+    cfg = _loop_config(spec, inp, job_id=None, use_gpu=use_gpu,
+                       resources={"CPU": float(physical_cores())})
+    cfg["data_loader"] = "torch"  # local mode has no Ray Data
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=cfg,
+                           scaling_config=ScalingConfig(num_workers=0),
+                           run_config=RunConfig(name=inp.run_id,
+                                                storage_path=str(inp.run_path.parent)))
+    threads = torch.get_num_threads()  # the loop sets this process's threads; put them back
+    try:
+        return trainer.fit().return_value or {}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
+        init_from: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
+        ray_address: str | None = None) -> dict[str, Any]:
+    """Run one training job on Ray Train; return the JSON-able result summary.
+
+    ``run_dir`` holding checkpoints resumes from the latest. ``init_from`` (or ``spec.init_from``)
+    is the previous stage's checkpoint (staged 32s -> 16s -> 8s). ``should_stop()`` turning True
+    saves a checkpoint and raises :class:`Interrupted`. A non-finite loss raises
+    :class:`~fcn_dist.errors.TrainingError` naming epoch and step. ``ray_address``: an existing
+    cluster (else ``RAY_ADDRESS``, else a local Ray started here).
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn_dist.store import ResultsStore
+
+    started = _now()
+    inp = _check_inputs(spec, run_dir=run_dir, init_from=init_from, job_id=job_id)
+    data_dir, manifest, run_path, run_id = inp.data_dir, inp.manifest, inp.run_path, inp.run_id
+    test_split = inp.test_split
+    store_dir = spec.store_dir()
+    store = ResultsStore(store_dir)
+    done = _existing_run(store, run_id)
+    if done is not None:  # finished before (e.g. the driver died after writing): do not redo
+        log.info("run %s already finished; returning its stored result", run_id)
+        return done
+
+    if not ray.is_initialized():
+        _init_ray_keeping_signal_handlers(ray_address)
+    use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
+    world = spec.num_workers
+    loop_config = _loop_config(spec, inp, job_id=job_id, use_gpu=use_gpu, resources=resources)
+    stop_file = run_path / STOP_FILE
+    stop_file.unlink(missing_ok=True)
     datasets = None
-    if data_loader == "ray":
+    if loop_config["data_loader"] == "ray":
         from fcn_dist.data import load
 
         datasets = {"train": load(data_dir, "train", mode="train", crop_size=spec.crop_size,
                                   seed=spec.seed, batch_size=max(4, spec.batch_size),
                                   scale_range=spec.scale_range)}
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if spec.deterministic else {}
-    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS"):
+    # Ray starts worker processes at niceness 15, below its own daemons (raylet, GCS,
+    # dashboard, log monitor) and everything else on the node: any burst there takes a core
+    # from a training thread while the other threads wait for it at the next OpenMP barrier.
+    # Training is the job's main work, so it runs at normal priority, as Ray's Job API runs a
+    # job's driver (FCN_WORKER_NICENESS overrides, e.g. 10 on a shared workstation).
+    env["RAY_worker_niceness"] = os.environ.get("FCN_WORKER_NICENESS", "0")
+    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS", "FCN_BENCH_TURNS"):
         if os.environ.get(var):
             env[var] = os.environ[var]
     trainer = TorchTrainer(
@@ -409,7 +470,7 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         "started_at": started, "finished_at": finished,
     }
     store.write_run(row)
-    return _summary_from_row(row, test_split=test_split)
+    return _summary_from_row(row, test_split=test_split, step_seconds=rv.get("step_seconds"))
 
 
 def _best_checkpoint(result) -> tuple[str | None, dict[str, Any]]:
