@@ -391,7 +391,8 @@ class TrainingSettings:
 
 
 def training_settings(device: torch.device | str = "cpu", amp: str = "auto") -> TrainingSettings:
-    """Step settings: bf16 autocast where native (fp16 + GradScaler on old GPUs), channels_last."""
+    """Step settings: bf16 autocast where native (fp16 + GradScaler on old GPUs); channels_last
+    on CUDA and with an autocast dtype (not for fp32 training on a CPU)."""
     device = torch.device(device)
     dtype = fast_dtype(device, amp)
     amp_dtype = None if dtype == torch.float32 else dtype
@@ -399,7 +400,10 @@ def training_settings(device: torch.device | str = "cpu", amp: str = "auto") -> 
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return TrainingSettings(device=device, amp_dtype=amp_dtype, channels_last=True,
+    # channels_last pays off with bf16/fp16 kernels and cuDNN; for fp32 training on a CPU it
+    # is slower (AVX2 Zen 3, FCN-8s VGG19 224 batch 8: 0.44 vs 0.60 img/s NCHW)
+    channels_last = device.type == "cuda" or amp_dtype is not None
+    return TrainingSettings(device=device, amp_dtype=amp_dtype, channels_last=channels_last,
                             use_grad_scaler=amp_dtype == torch.float16)
 
 
@@ -437,9 +441,8 @@ class FrozenBackboneFCN(nn.Module):
         bb = copy.deepcopy(model.backbone)
         if self.settings.device.type == "cpu":
             fuse_conv_bn_relu(bb)
-        bb = bb.to(self.settings.device, dtype=dtype)
-        if self.settings.channels_last:
-            bb = bb.to(memory_format=torch.channels_last)
+        # the frozen backbone is an inference path: channels_last whatever the head trains in
+        bb = bb.to(self.settings.device, dtype=dtype).to(memory_format=torch.channels_last)
         self._backbone = [bb]
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -455,7 +458,7 @@ class FrozenBackboneFCN(nn.Module):
         bb = self._backbone[0]
         dtype = self.settings.amp_dtype or torch.float32
         with torch.no_grad():
-            xb = self.settings.batch(x).to(dtype)
+            xb = self.settings.batch(x).to(dtype).contiguous(memory_format=torch.channels_last)
             feats = bb(xb)
         with self.settings.autocast():
             return self.head(feats, x.shape[-2:])

@@ -94,6 +94,9 @@ def test_frozen_backbone_trains_head_only():
 
 def test_fast_dtype_off_is_fp32():
     assert fast_dtype("cpu", "off") == torch.float32
+    # fp32 training on a CPU stays NCHW (channels_last is slower there); bf16 goes NHWC
+    assert training_settings("cpu", amp="off").channels_last is False
+    assert training_settings("cpu", amp="bf16").channels_last is True
 
 
 def test_turns_make_two_loops_alternate_step_by_step(tmp_path, monkeypatch):

@@ -475,7 +475,8 @@ def format_model_table(res: dict[str, Any]) -> str:
     if "training" in res:
         lines += ["", f"training step, {res['size']}x{res['size']} batch {res['batch']}:"]
         names = {"fast_frozen": f"frozen backbone ({res['dtype']}, fused)",
-                 "fast_full": f"full fine-tuning ({res['dtype']} autocast, channels_last)",
+                 "fast_full": (f"full fine-tuning ({res['dtype']} autocast, channels_last)"
+                               if res["dtype"] != "float32" else "full fine-tuning (fp32 NCHW)"),
                  "fp32_frozen": "frozen backbone (fp32 eager)",
                  "fp32_full": "full fine-tuning (fp32 eager)"}
         for k, v in res["training"].items():
