@@ -256,6 +256,19 @@ def _run_rows(store_root: str, run_id: str) -> int:
     return ResultsStore(store_root).runs(filters={"run_id": run_id}).num_rows
 
 
+def _second_worker_finishes(q: JobQueue, jid: str, redis_url: str, prefix: str,
+                            env_dirs: dict[str, str], tmp_path: Path, *, attempts: int) -> str:
+    """A fresh ``fcn-worker --until-empty`` picks the job up and it succeeds on attempt
+    ``attempts``; returns that worker's log."""
+    b = ProcessGroup(worker_cmd(redis_url, prefix, "--until-empty"), env_dirs,
+                     tmp_path / "worker-b.log")
+    assert b.wait(480) == 0, b.output()[-4000:]
+    job = q.get(jid)
+    assert job.state == "succeeded" and job.attempts == attempts, (job.state, job.attempts,
+                                                                    job.error)
+    return b.output()
+
+
 def _own(log: str) -> str:
     """The worker's own lines: without the output Ray forwards from its actors (Ray's internal
     actors may log tracebacks of their own, e.g. with several Ray instances on one machine)."""
@@ -295,12 +308,8 @@ def test_sigkilled_worker_real_job_resumes_from_checkpoint_and_succeeds_once(
         before = _epoch_rows(env_dirs["FCN_STORE"], run_id)
         assert 1 in before
 
-        b = ProcessGroup(worker_cmd(redis_url, redis_prefix, "--until-empty"), env_dirs,
-                         tmp_path / "worker-b.log")
-        assert b.wait(480) == 0, b.output()[-4000:]
-        out_b = b.output()
-        job = queue.get(jid)
-        assert job.state == "succeeded" and job.attempts == 2, (job.state, job.attempts, job.error)
+        out_b = _second_worker_finishes(queue, jid, redis_url, redis_prefix, env_dirs, tmp_path,
+                                        attempts=2)
         assert [e["event"] for e in queue.history(jid)].count("succeeded") <= 1
         assert "reaped expired lease" in out_b
         # resumed, not restarted: epoch 1 was trained once (by the killed worker); every epoch
@@ -312,7 +321,7 @@ def test_sigkilled_worker_real_job_resumes_from_checkpoint_and_succeeds_once(
         if trained_b:  # Ray forwarded the rank-0 progress lines to the driver
             assert 1 not in trained_b and len(trained_b) < EPOCHS, trained_b
         assert _run_rows(env_dirs["FCN_STORE"], run_id) == 1
-        assert job.result and job.result.get("run_id") == run_id
+        assert queue.get(jid).result.get("run_id") == run_id
         assert "Traceback" not in _own(out_b), _own(out_b)[-3000:]
         print(f"\nSIGKILL test: first checkpoint after {t_ckpt - t_start:.1f}s, total "
               f"{time.monotonic() - t_start:.1f}s; epoch rows {rows}; attempt 2 trained {trained_b}")
@@ -368,12 +377,8 @@ def test_sigtermed_worker_real_job_is_released_quickly_and_resumed(
         if "Traceback" in _own(out_a):
             graceful.append("a traceback in the worker's log")
 
-        b = ProcessGroup(worker_cmd(redis_url, redis_prefix, "--until-empty"), env_dirs,
-                         tmp_path / "worker-b.log")
-        assert b.wait(480) == 0, b.output()[-4000:]
-        out_b = b.output()
-        job = queue.get(jid)
-        assert job.state == "succeeded" and job.attempts == 1, (job.state, job.attempts, job.error)
+        out_b = _second_worker_finishes(queue, jid, redis_url, redis_prefix, env_dirs, tmp_path,
+                                        attempts=1)
         rows = _epoch_rows(env_dirs["FCN_STORE"], run_id)
         assert sorted(set(rows)) == list(range(1, EPOCHS + 1)), rows
         # resumed: the epochs recorded before the restart were not trained again

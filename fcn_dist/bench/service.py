@@ -251,10 +251,9 @@ def _last_json(stdout: str, stderr: str, returncode: int | None) -> dict[str, An
 
 
 def _in_subprocess(config: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """:func:`bench_train_pairs` (``config["mode"] == "pairs"``), :func:`bench_ray_train`
-    (``"ray"``) or :func:`bench_local_loop` (``"local"``) in a fresh Python process with its
-    own local Ray, started and stopped there: the benchmark process never holds a Ray
-    connection."""
+    """:func:`bench_train_pairs` (``config["mode"] == "pairs"``) in a fresh Python process
+    with its own local Ray, started and stopped there: the benchmark process never holds a
+    Ray connection."""
     import json
     import subprocess
 
@@ -573,8 +572,6 @@ if __name__ == "__main__":  # the Ray Train part, run by _in_subprocess
     if _cfg.get("mode") == "pairs":
         _out = bench_train_pairs(_spec_, _cfg["work"], _cfg["repeats"], _cfg.get("redis_url"),
                                  _cfg["settle_seconds"])
-    elif _cfg.get("mode") == "local":
+    else:  # "local": one side of a pair, started by bench_train_pairs
         _out = bench_local_loop(_spec_, _cfg["store_root"], _cfg["run_dir"])
-    else:
-        _out = bench_ray_train(_spec_, _cfg["store_root"], _cfg["run_dir"], _cfg.get("redis_url"))
     print(json.dumps(_out, default=str), flush=True)

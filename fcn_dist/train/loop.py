@@ -550,11 +550,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         ips = img_t.item() / train_seconds if train_seconds > 0 else 0.0
         # the first step of an epoch also starts the data iterator (and, in epoch 1, warms up
         # the kernels): the median over the others is the steady-state step
-        steady = step_times[1:] or step_times
-        step_seconds = statistics.median(steady) if steady else math.nan
-        data_steady = data_times[1:] or data_times
-        totals["step_seconds"] = step_seconds
-        totals["data_seconds"] = statistics.median(data_steady) if data_steady else math.nan
+        step_seconds = totals["step_seconds"] = _steady_median(step_times)
+        totals["data_seconds"] = _steady_median(data_times)
         metrics = {
             "epoch": epoch, "partial": 0, SCORE_ATTRIBUTE: _finite(val["miou"]),
             "val_pixel_accuracy": val["pixel_accuracy"], "val_mean_accuracy": val["mean_accuracy"],
@@ -595,6 +592,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             return _summary("stopped", epoch, totals, world, device) if rank == 0 else None
 
     return _summary("completed", epoch, totals, world, device) if rank == 0 else None
+
+
+def _steady_median(times: list[float]) -> float:
+    """Median of an epoch's per-step times without the first (NaN when there are none)."""
+    steady = times[1:] or times
+    return statistics.median(steady) if steady else math.nan
 
 
 def _finite(v: float) -> float:
