@@ -26,6 +26,7 @@ from fcn_dist.perf import (
     fast_dtype,
     optimize_for_inference,
     prepare_for_training,
+    reuse_freed_memory,
     set_threads,
     training_settings,
 )
@@ -160,6 +161,10 @@ def run_memory_case(config: dict[str, Any]) -> dict[str, Any]:
 
     device = torch.device(config.get("device", "cpu"))
     set_threads(config.get("threads"))
+    if config.get("reuse_memory", True) is False:
+        os.environ["FCN_MALLOC_REUSE"] = "0"  # this fresh process: glibc's default malloc
+    elif device.type == "cpu":
+        reuse_freed_memory()  # as the product does (optimize_for_inference, train loop)
     gc.collect()
     base = rss_now()
     try:  # reset the peak RSS (VmHWM) so import-time peaks do not count; Linux >= 4.0
@@ -177,18 +182,28 @@ def run_memory_case(config: dict[str, Any]) -> dict[str, Any]:
             fast = optimize_for_inference(model, device, inplace=True)
             del model  # a predictor keeps only the optimised model
             gc.collect()
-            fast(x)
+            call: Callable[[], Any] = lambda: fast(x)  # noqa: E731
         else:
             model.eval()
-            with torch.inference_mode():
-                model(x)
+
+            def call() -> Any:
+                with torch.inference_mode():
+                    return model(x)
+        call()
+        n = int(config.get("time_iters") or 0)
+        if n:  # optional timing (the allocator ablation): best of n, page faults per call
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t = time_calls(call, n, warmup=0, device=device)
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
+            timing = {"images_per_second": batch / min(t), "page_faults_per_call": faults}
     else:
         step = _training_case(model, mode, device, batch, size, int(config["num_classes"]))
         step()
         step()  # the optimizer state exists from the first step on
     sync(device)
     peak = peak_now()
-    out = {"peak_rss_mb": peak, "base_rss_mb": base, "delta_mb": peak - base}
+    out = {"peak_rss_mb": peak, "base_rss_mb": base, "delta_mb": peak - base,
+           **(timing if mode.endswith("infer") and config.get("time_iters") else {})}
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -272,6 +287,27 @@ def _ablation(model: nn.Module, dev: torch.device, dtype: torch.dtype, batch: in
     return {k: batch / v for k, v in best.items()}
 
 
+def _allocator_ablation(name: str, num_classes: int, size: int, batch: int,
+                        threads: int | None, iters: int, rounds: int = 2) -> dict[str, Any]:
+    """Optimised inference with freed memory kept for reuse (:func:`reuse_freed_memory`) and
+    with glibc's default malloc: a process-wide setting, so each is timed in fresh
+    subprocesses, ``rounds`` alternated pairs; best img/s of each and page faults per call."""
+    out: dict[str, Any] = {}
+    for _ in range(rounds):
+        for label, reuse in (("glibc default malloc", False), ("freed memory kept for reuse", True)):
+            r = memory_probe({"model": name, "num_classes": num_classes, "size": size,
+                              "batch": batch, "mode": "fast_infer", "device": "cpu",
+                              "threads": threads, "reuse_memory": reuse,
+                              "time_iters": max(3, iters)})
+            if "error" in r:
+                return {"error": r["error"]}
+            prev = out.get(label)
+            if prev is None or r["images_per_second"] > prev["images_per_second"]:
+                out[label] = {k: r[k] for k in ("images_per_second", "page_faults_per_call",
+                                                "peak_rss_mb")}
+    return out
+
+
 def run_model_bench(
     name: str = "fcn8s_vgg19",
     *,
@@ -300,6 +336,8 @@ def run_model_bench(
     say = log or (lambda s: None)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     set_threads(threads)
+    if dev.type == "cpu":
+        reuse_freed_memory()  # as the product does; --ablation times it against the default
     sizes = [int(s) for s in sizes]
     main_size = sizes[0]
     dtype = fast_dtype(dev)
@@ -384,6 +422,10 @@ def run_model_bench(
         say(f"ablation {main_size}x{main_size} (round robin) ...")
         res["ablation_images_per_second"] = _ablation(model, dev, dtype, batch, main_size,
                                                       iters, probe, fast_kind)
+        if dev.type == "cpu":
+            say(f"allocator ablation {main_size}x{main_size} (fresh subprocesses) ...")
+            res["allocator_ablation"] = _allocator_ablation(name, num_classes, main_size, batch,
+                                                            threads, iters)
     for row in per_size:  # utilisation against the best GEMM of the run (both dtypes)
         row["utilisation"] = row["achieved_gflops"] * 1e9 / peak[fast_kind]
         row["bound_images_per_second"] = peak[fast_kind] / (row["gflops_per_image"] * 1e9)
@@ -491,6 +533,17 @@ def format_model_table(res: dict[str, Any]) -> str:
         base = next(iter(res["ablation_images_per_second"].values()))
         for k, v in res["ablation_images_per_second"].items():
             lines.append(f"  {k:<72} {v:>7.2f} img/s  x{v / base:.2f}")
+    alloc = res.get("allocator_ablation") or {}
+    if "error" in alloc:
+        lines.append(f"allocator ablation failed: {alloc['error']}")
+    elif alloc:
+        lines += ["", "inference, freed memory kept for reuse vs glibc's default malloc "
+                  "(fresh processes, alternated; best of each):"]
+        base = next(iter(alloc.values()))["images_per_second"]
+        for k, v in alloc.items():
+            lines.append(f"  {k:<34} {v['images_per_second']:>7.2f} img/s  "
+                         f"x{v['images_per_second'] / base:.2f}  page faults per batch "
+                         f"{v['page_faults_per_call']:,.0f}  peak RSS {v['peak_rss_mb']:.0f} MB")
     if res.get("kernel_time_fraction"):
         lines.append("optimised inference time by kernel: " + ", ".join(
             f"{k} {v:.0%}" for k, v in res["kernel_time_fraction"].items()))

@@ -109,7 +109,7 @@ _PARTS = ("train", "ingest", "queue", "store")
 @click.option("--epochs", type=click.IntRange(1), default=2, show_default=True,
               help="epochs per training run (the first is left out of the steady figures)")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
-              help="alternated outside-Ray / Ray Train run pairs (the best of each is compared)")
+              help="outside-Ray / Ray Train run pairs, taking turns step by step (the overhead is the median over pairs)")
 @click.option("--settle", "settle_seconds", type=float, default=20.0, show_default=True,
               help="seconds the local Ray is left to start up before the Ray Train job (as "
                    "under a long-running fcn-worker); 0 still starts Ray before the job")

@@ -324,10 +324,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         # Intra-op threads = this node's cores shared by its local workers: more threads than
         # cores (each of 2 workers taking both cores of a 2-core node) makes oneDNN's OpenMP
         # barriers spin against each other. FCN_TRAIN_THREADS overrides.
-        from fcn_dist.perf import physical_cores, set_threads
+        from fcn_dist.perf import physical_cores, reuse_freed_memory, set_threads
 
         set_threads(int(os.environ.get("FCN_TRAIN_THREADS") or 0)
                     or max(1, physical_cores() // max(1, ctx.get_local_world_size())))
+        reuse_freed_memory()  # batches' activations reused, not page-faulted in every step
     if spec.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
