@@ -426,23 +426,6 @@ def run_model_bench(
             say(f"allocator ablation {main_size}x{main_size} (fresh subprocesses) ...")
             res["allocator_ablation"] = _allocator_ablation(name, num_classes, main_size, batch,
                                                             threads, iters)
-    for row in per_size:  # utilisation against the best GEMM of the run (both dtypes)
-        row["utilisation"] = row["achieved_gflops"] * 1e9 / peak[fast_kind]
-        row["bound_images_per_second"] = peak[fast_kind] / (row["gflops_per_image"] * 1e9)
-        if "baseline_fp32_images_per_second" in row:
-            row["baseline_fp32_utilisation"] = (row["baseline_fp32_images_per_second"]
-                                                * row["gflops_per_image"] * 1e9 / peak["float32"])
-    main = per_size[0]
-    for k in ("gflops_per_image", "inference_images_per_second", "latency_ms_p50",
-              "latency_ms_p95", "utilisation", "achieved_gflops", "bound_images_per_second",
-              "baseline_fp32_images_per_second", "baseline_fp32_utilisation",
-              "speedup_vs_fp32_eager", "kernel_time_fraction", "gflops_parts"):
-        if k in main:
-            res[k] = main[k]
-    if len(per_size) > 1:
-        mpp = [r["ms_per_megapixel"] for r in per_size]
-        res["ms_per_megapixel_max_over_min"] = max(mpp) / min(mpp)
-
     # ---- training (main size)
     if training:
         train: dict[str, Any] = {}
@@ -462,9 +445,6 @@ def run_model_bench(
                                                    / train["fp32_frozen"]["images_per_second"])
             res["train_speedup_full_vs_fp32"] = (train["fast_full"]["images_per_second"]
                                                  / train["fp32_full"]["images_per_second"])
-        # full fine-tuning: about 3x the forward FLOPs (forward, grad input, grad weight)
-        res["train_full_utilisation"] = (3 * res["gflops_per_image"] * 1e9
-                                         * res["train_images_per_second_full"] / peak[fast_kind])
 
     # ---- peak memory of the main configurations (fresh subprocess each)
     if memory:
@@ -477,6 +457,28 @@ def run_model_bench(
                                       "device": dev.type, "threads": threads})
         res["memory"] = mem
         res["peak_memory_mb"] = {k: v.get("peak_rss_mb") for k, v in mem.items()}
+    # utilisation against the best GEMM of the whole run (both dtypes), training included
+    for row in per_size:
+        row["utilisation"] = row["achieved_gflops"] * 1e9 / peak[fast_kind]
+        row["bound_images_per_second"] = peak[fast_kind] / (row["gflops_per_image"] * 1e9)
+        if "baseline_fp32_images_per_second" in row:
+            row["baseline_fp32_utilisation"] = (row["baseline_fp32_images_per_second"]
+                                                * row["gflops_per_image"] * 1e9 / peak["float32"])
+    main = per_size[0]
+    for k in ("gflops_per_image", "inference_images_per_second", "latency_ms_p50",
+              "latency_ms_p95", "utilisation", "achieved_gflops", "bound_images_per_second",
+              "baseline_fp32_images_per_second", "baseline_fp32_utilisation",
+              "speedup_vs_fp32_eager", "kernel_time_fraction", "gflops_parts"):
+        if k in main:
+            res[k] = main[k]
+    if len(per_size) > 1:
+        mpp = [r["ms_per_megapixel"] for r in per_size]
+        res["ms_per_megapixel_max_over_min"] = max(mpp) / min(mpp)
+
+    if training:
+        # full fine-tuning: about 3x the forward FLOPs (forward, grad input, grad weight)
+        res["train_full_utilisation"] = (3 * res["gflops_per_image"] * 1e9
+                                         * res["train_images_per_second_full"] / peak[fast_kind])
     res["gemm_peak_gflops"] = {k: v / 1e9 for k, v in peak.items()}
     res["machine"]["load_average_end"] = machine_info(dev).get("load_average")
     res["bench_seconds"] = time.perf_counter() - t_start
