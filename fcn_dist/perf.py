@@ -153,8 +153,8 @@ def reuse_freed_memory() -> bool:
     library. The cost: the process's RSS stays at its peak instead of shrinking after it.
     Measured on 2 AVX2 cores (``fcn-bench model --ablation``, fresh processes alternated):
     optimised inference of FCN-8s VGG19 224x224 batch 8 1.11x (2.27 -> 2.52 img/s; other A/B
-    pairs +9 to +18 %), page faults per batch ~108,000 -> 0; batch-1 1024x1024 peak RSS 1.93 ->
-    2.37 GB (fragmentation).
+    pairs +9 to +18 %), page faults per batch ~108,000 -> 0; a full fine-tuning step +9-11 %;
+    batch-1 1024x1024 peak RSS 1.93 -> 2.37 GB (fragmentation).
 
     Only on Linux with glibc (elsewhere: False, nothing changes); ``FCN_MALLOC_REUSE=0`` turns
     it off. Called by :func:`optimize_for_inference` (CPU) and by the train loop's CPU workers.
