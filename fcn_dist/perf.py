@@ -167,7 +167,7 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    # older glibc caps the mmap threshold at 32 MB (HEAP_MAX_SIZE / 2): fall back to it
+    # some glibc versions refuse an mmap threshold above HEAP_MAX_SIZE / 2 (32 MB): fall back
     ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
     return bool(ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1)
 

@@ -163,8 +163,9 @@ def run_memory_case(config: dict[str, Any]) -> dict[str, Any]:
     set_threads(config.get("threads"))
     if config.get("reuse_memory", True) is False:
         os.environ["FCN_MALLOC_REUSE"] = "0"  # this fresh process: glibc's default malloc
-    elif device.type == "cpu":
-        reuse_freed_memory()  # as the product does (optimize_for_inference, train loop)
+    # as the product does (optimize_for_inference, train loop); False where turned off above
+    reused = reuse_freed_memory() if device.type == "cpu" else False
+    timing: dict[str, Any] = {}
     gc.collect()
     base = rss_now()
     try:  # reset the peak RSS (VmHWM) so import-time peaks do not count; Linux >= 4.0
@@ -195,15 +196,15 @@ def run_memory_case(config: dict[str, Any]) -> dict[str, Any]:
             faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time_calls(call, n, warmup=0, device=device)
             faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
-            timing = {"images_per_second": batch / min(t), "page_faults_per_call": faults}
+            timing = {"images_per_second": batch / min(t), "page_faults_per_call": faults,
+                      "malloc_reuse": reused}
     else:
         step = _training_case(model, mode, device, batch, size, int(config["num_classes"]))
         step()
         step()  # the optimizer state exists from the first step on
     sync(device)
     peak = peak_now()
-    out = {"peak_rss_mb": peak, "base_rss_mb": base, "delta_mb": peak - base,
-           **(timing if mode.endswith("infer") and config.get("time_iters") else {})}
+    out = {"peak_rss_mb": peak, "base_rss_mb": base, "delta_mb": peak - base, **timing}
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -304,7 +305,7 @@ def _allocator_ablation(name: str, num_classes: int, size: int, batch: int,
             prev = out.get(label)
             if prev is None or r["images_per_second"] > prev["images_per_second"]:
                 out[label] = {k: r[k] for k in ("images_per_second", "page_faults_per_call",
-                                                "peak_rss_mb")}
+                                                "peak_rss_mb", "malloc_reuse")}
     return out
 
 
