@@ -196,10 +196,18 @@ def _onednn_bf16() -> bool:
 class ConvReLU(nn.Module):
     """A Conv2d followed by ReLU, as one oneDNN convolution with a ReLU post-op on CPU.
 
-    The weight is pre-packed once (oneDNN blocked layout; re-packed if the weight changes); on
-    any other device or dtype, or when autograd needs the graph, it falls back to
-    ``relu(conv2d(x))``. Build it with :func:`fuse_conv_bn_relu` after loading the weights.
+    The weight is pre-packed into oneDNN's blocked layout once per input shape (an eager
+    convolution re-packs it on every call). The layout oneDNN picks depends on the input
+    shape: fc7 (a 1x1 conv, 4096 -> 4096) packed for a batch of 1 and run on a batch of 8 took
+    753 ms instead of 42 ms, because oneDNN converted the weights back on every call. So packs
+    are kept per input shape, the ``max_packs`` (2) most recently used ones: a batch size and
+    the last, smaller batch of an epoch, or batch 1 beside batch N, each run at full speed; a
+    new shape costs one re-pack. Packs are rebuilt when the weight changes. On any other
+    device or dtype, or when autograd needs the graph, it falls back to ``relu(conv2d(x))``.
+    Build it with :func:`fuse_conv_bn_relu` after loading the weights.
     """
+
+    max_packs = 2
 
     def __init__(self, conv: nn.Conv2d, relu: bool = True) -> None:
         super().__init__()
@@ -207,22 +215,26 @@ class ConvReLU(nn.Module):
             raise ValueError("ConvReLU needs explicit zero padding")
         self.conv = conv
         self.relu = relu
-        self._packed: Tensor | None = None
-        self._packed_key: tuple | None = None
+        self._packs: dict[tuple, Tensor] = {}  # (weight key, input shape) -> packed weight
 
     def _cpu_weight(self, x: Tensor) -> Tensor:
         w = self.conv.weight
-        key = (w.dtype, w.data_ptr(), w._version)
-        if self._packed_key != key:
+        key = (w.dtype, w.data_ptr(), w._version, tuple(x.shape))
+        packed = self._packs.pop(key, None)
+        if packed is None:
             c = self.conv
             try:
-                self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
                     w.detach(), list(c.padding), list(c.stride), list(c.dilation), c.groups,
                     list(x.shape))
             except (RuntimeError, AttributeError):
-                self._packed = w.detach()
-            self._packed_key = key
-        return self._packed  # type: ignore[return-value]
+                packed = w.detach()
+            for k in [k for k in self._packs if k[:3] != key[:3]]:
+                del self._packs[k]  # packed from an older weight
+            while len(self._packs) >= self.max_packs:
+                del self._packs[next(iter(self._packs))]  # the least recently used
+        self._packs[key] = packed  # (re)inserted last: the most recently used
+        return packed
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv

@@ -123,6 +123,28 @@ def test_optimize_for_inference_matches_fp32(name):
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
 
 
+def test_conv_relu_packs_weights_per_input_shape():
+    # oneDNN's packed layout depends on the input shape (fc7 packed for batch 1 ran 18x slower
+    # on batch 8): packs are kept per shape, the two most recent, and dropped on a new weight
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 1)
+    layer = ConvReLU(conv).eval()
+    shapes = [(1, 16, 7, 7), (4, 16, 7, 7), (1, 16, 9, 5)]
+    xs = [torch.randn(s) for s in shapes]
+    with torch.inference_mode():
+        for x in xs[:2] + xs[:2]:
+            torch.testing.assert_close(layer(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-5)
+        assert sorted(k[3] for k in layer._packs) == sorted(shapes[:2])
+        layer(xs[0])  # now the most recent: the next new shape evicts shapes[1]
+        torch.testing.assert_close(layer(xs[2]), torch.relu(conv(xs[2])), rtol=1e-5, atol=1e-5)
+        assert [k[3] for k in layer._packs] == [shapes[0], shapes[2]]
+    with torch.no_grad():
+        conv.weight.mul_(-1.0)  # a new weight version: the old packs are stale
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(xs[0]), torch.relu(conv(xs[0])), rtol=1e-5, atol=1e-5)
+    assert [k[3] for k in layer._packs] == [shapes[0]]
+
+
 def test_frozen_backbone_trains_head_only():
     torch.manual_seed(0)
     model = create_model("fcn32s_resnet18", 3)
