@@ -145,6 +145,29 @@ def test_conv_relu_packs_weights_per_input_shape():
     assert [k[3] for k in layer._packs] == [shapes[0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_masks_and_scales_like_nn_dropout(dtype):
+    from fcn_dist.perf import Dropout
+
+    x = torch.randn(4, 64, 7, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    drop = Dropout(0.3).train()
+    torch.manual_seed(5)
+    y = drop(x)
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), y)  # the torch generator: a seed repeats the mask
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    kept = y != 0
+    frac = kept.float().mean().item()
+    assert abs(frac - 0.7) < 0.02, frac  # 16,128 elements: 5 standard deviations
+    scale = (y[kept].float() / x[kept].float())
+    torch.testing.assert_close(scale, torch.full_like(scale, 1 / 0.7), rtol=1e-2, atol=0)
+    y.float().sum().backward()
+    torch.testing.assert_close(x.grad.float(), kept.float() / 0.7, rtol=1e-2, atol=0)
+    assert torch.equal(drop.eval()(x), x)  # eval: identity
+    assert not torch.equal(Dropout(0.5).train()(torch.ones(64)), torch.ones(64))
+
+
 def test_frozen_backbone_trains_head_only():
     torch.manual_seed(0)
     model = create_model("fcn32s_resnet18", 3)
