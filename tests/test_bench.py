@@ -168,6 +168,20 @@ def test_dropout_masks_and_scales_like_nn_dropout(dtype):
     assert not torch.equal(Dropout(0.5).train()(torch.ones(64)), torch.ones(64))
 
 
+def test_gemm_peak_takes_the_faster_of_mm_and_onednn_convolution():
+    from fcn_dist.bench.timing import gemm_call, gemm_peak
+
+    res = gemm_peak(torch.float32, "cpu", (128, 256), repeats=1)
+    assert set(res["by_size"]) == {"128", "256", "onednn_conv128", "onednn_conv256"}
+    assert res["gflops"] == max(res["by_size"].values())
+    kind, n = res["best"]
+    assert res["by_size"][str(n) if kind == "mm" else f"{kind}{n}"] == res["gflops"]
+    # the convolution GEMM: (128 // 64) x 8 x 8 = 128 rows, 128 x 128 weights
+    fn, flops = gemm_call("onednn_conv", 128, torch.float32)
+    out = fn()
+    assert out.shape == (2, 128, 8, 8) and flops == 2.0 * 128 ** 3
+
+
 def test_frozen_backbone_trains_head_only():
     torch.manual_seed(0)
     model = create_model("fcn32s_resnet18", 3)

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn_dist.bench.timing import gemm_peak, machine_info, percentile, sync, time_calls
+from fcn_dist.bench.timing import (
+    gemm_call,
+    gemm_peak,
+    machine_info,
+    percentile,
+    sync,
+    time_calls,
+)
 from fcn_dist.models import create_model, freeze_backbone, param_groups
 from fcn_dist.perf import (
     FrozenBackboneFCN,
@@ -359,16 +366,15 @@ def run_model_bench(
     if dtype != torch.float32:
         gemm[_dtype_name(dtype)] = gemm_peak(dtype, dev, tuple(gemm_sizes))
     res["gemm"] = gemm
-    best_n = {k: int(max(v["by_size"], key=v["by_size"].get)) for k, v in gemm.items()}
     peak = {k: v["gflops"] * 1e9 for k, v in gemm.items()}
-    operands = {k: (torch.randn(n, n, device=dev).to(getattr(torch, k)),
-                    torch.randn(n, n, device=dev).to(getattr(torch, k)))
-                for k, n in best_n.items()}
+    # the fastest GEMM of the sweep (torch.mm or oneDNN's 1x1 convolution), re-timed later
+    probes = {k: gemm_call(v["best"][0], int(v["best"][1]), getattr(torch, k), dev)
+              for k, v in gemm.items()}
 
     def probe(kind: str) -> None:
-        a, b = operands[kind]
-        t = time_calls(lambda: torch.mm(a, b), iters=1, warmup=0, device=dev)[0]
-        peak[kind] = max(peak[kind], 2.0 * a.shape[0] ** 3 / t)
+        fn, flops = probes[kind]
+        t = time_calls(fn, iters=1, warmup=0, device=dev)[0]
+        peak[kind] = max(peak[kind], flops / t)
 
     def timed(fn: Callable[[], Any], n: int, kind: str, warmup: int = 1) -> list[float]:
         for _ in range(warmup):
@@ -503,7 +509,8 @@ def format_model_table(res: dict[str, Any]) -> str:
         "GEMM peak (best in the run, interleaved with the model timings): " + ", ".join(
             f"{k} {v:.0f} GFLOP/s" for k, v in res["gemm_peak_gflops"].items())
         + "  (start-of-run sweep: " + ", ".join(
-            f"{k} {v['gflops']:.0f}" for k, v in res["gemm"].items()) + ")",
+            f"{k} {v['gflops']:.0f} by {v.get('best', ['mm'])[0]} {v.get('best', ['', ''])[1]}"
+            for k, v in res["gemm"].items()) + ")",
         f"optimised dtype {res['dtype']}; params {res['params'] / 1e6:.1f} M",
         "",
         f"{'size':>6} {'GFLOP/img':>10} {'img/s':>8} {'bound':>8} {'util':>6} {'ms/MPix':>9} "
