@@ -182,6 +182,22 @@ def test_gemm_peak_takes_the_faster_of_mm_and_onednn_convolution():
     assert out.shape == (2, 128, 8, 8) and flops == 2.0 * 128 ** 3
 
 
+def test_inference_model_runs_big_batches_in_chunks_with_the_same_logits(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("fcn8s_resnet18", 3)
+    for p in model.head.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.01)
+    fast = optimize_for_inference(model.eval(), "cpu", dtype=torch.float32)
+    x = torch.randn(5, 3, 64, 64)
+    whole = fast(x)
+    calls = []
+    fast.model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    monkeypatch.setattr(fast, "max_pixels", 2 * 64 * 64)  # two images per call
+    chunked = fast(x)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_frozen_backbone_trains_head_only():
     torch.manual_seed(0)
     model = create_model("fcn32s_resnet18", 3)
