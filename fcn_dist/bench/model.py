@@ -31,6 +31,7 @@ from fcn_dist.models import create_model, freeze_backbone, param_groups
 from fcn_dist.perf import (
     FrozenBackboneFCN,
     fast_dtype,
+    fused_optimizer_ok,
     optimize_for_inference,
     prepare_for_training,
     reuse_freed_memory,
@@ -119,6 +120,7 @@ def _training_case(model: nn.Module, mode: str, device: torch.device, batch: int
     if mode.startswith("fp32"):
         if frozen:
             freeze_backbone(model)
+        # the plain-PyTorch baseline: torch.optim's default (unfused) AdamW
         opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
         return train_step_fn(model, opt, x, y)
     settings = training_settings(device)
@@ -127,7 +129,8 @@ def _training_case(model: nn.Module, mode: str, device: torch.device, batch: int
     else:
         net = prepare_for_training(model, settings)
         x = settings.batch(x)
-    opt = torch.optim.AdamW(param_groups(net, 1e-4), lr=1e-4)
+    groups = param_groups(net, 1e-4)
+    opt = torch.optim.AdamW(groups, lr=1e-4, fused=fused_optimizer_ok(groups))  # as the loop
     return train_step_fn(net, opt, x, y, settings.autocast)
 
 
