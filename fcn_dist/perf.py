@@ -404,7 +404,8 @@ class InferenceModel(nn.Module):
         """
         model = self._compiled or self.model
         with torch.inference_mode():
-            per_chunk = max(1, self.max_pixels // max(1, x.shape[-2] * x.shape[-1]))
+            per_chunk = (max(1, self.max_pixels // max(1, x.shape[-2] * x.shape[-1]))
+                         if x.dim() == 4 else 0)
             if self.device.type != "cpu" or x.dim() != 4 or x.shape[0] <= per_chunk:
                 return model(self.prepare(x)).float()
             return torch.cat([model(self.prepare(part)).float()
@@ -524,7 +525,8 @@ def fused_optimizer_ok(params: Any) -> bool:
 
     The fused step is one multi-threaded pass over each tensor instead of a dozen elementwise
     ops: AdamW on FCN-8s VGG19's 139.6 M parameters took 0.05-0.065 s instead of 0.17-0.30 s
-    (2-core Zen 4), and 1.6 s of a 5.7 s full fine-tuning step under memory pressure.
+    (2-core Zen 4; in a profiled full fine-tuning step the unfused one took 1.6 s of 5.7 s), and
+    that step went from 1.45 to 2.07 img/s.
     """
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
