@@ -251,3 +251,18 @@ def test_turns_make_two_loops_alternate_step_by_step(tmp_path, monkeypatch):
         th.join(10)
     assert order == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
     assert tb.take_waited() >= 0.01 and tb.take_waited() == 0.0
+
+
+def test_train_loop_optimizers_are_fused_on_cpu():
+    from types import SimpleNamespace
+
+    from fcn_dist.perf import fused_optimizer_ok
+    from fcn_dist.train.loop import build_optimizer
+
+    model = create_model("fcn32s_resnet18", 3)
+    for name in ("adamw", "sgd"):
+        spec = SimpleNamespace(optimizer=name, lr=1e-3, weight_decay=1e-4, momentum=0.9)
+        opt = build_optimizer(model, spec)
+        assert opt.defaults["fused"] is True, name
+    assert not fused_optimizer_ok([])
+    assert not fused_optimizer_ok([torch.zeros(3, dtype=torch.int64)])
