@@ -465,7 +465,7 @@ def test_sigkilled_store_writer_leaves_no_partial_file_visible(tmp_path):
             out = tmp_path / f"{tag}.out"
             with open(out, "wb") as fh:
                 p = subprocess.Popen([sys.executable, str(script), str(root), tag], stdout=fh,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True, env=env)
                 wait_for(lambda: out.stat().st_size > 0 or p.poll() is not None, 120,
                          "the writer to write")
                 assert p.poll() is None, p.stderr.read().decode()[-2000:]

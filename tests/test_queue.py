@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis
 
 from fcn_dist.errors import QueueError, SpecError
 from fcn_dist.queue import Interrupted, JobQueue, LeaseLost, Worker, is_interruption

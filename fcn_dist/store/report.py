@@ -17,10 +17,9 @@ import datetime as _dt
 import html
 import io
 import json
-import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 

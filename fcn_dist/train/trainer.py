@@ -151,7 +151,6 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path, split: str, *, b
     ``params`` and ``gflops_per_image`` (one forward at the eval size).
     """
     import numpy as np
-    import torch
 
     from fcn_dist.data import ShardDataset
     from fcn_dist.predict import Segmenter
