@@ -6,11 +6,17 @@ import os
 from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_PREFIX = "fcn:"
 
 
 def redis_url(value: str | None = None) -> str:
     """The Redis URL: ``value`` if given, else ``$FCN_REDIS_URL``, else the local default."""
     return value or os.environ.get("FCN_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def redis_prefix(value: str | None = None) -> str:
+    """The queue's key prefix: ``value`` if given, else ``$FCN_REDIS_PREFIX``, else ``fcn:``."""
+    return value or os.environ.get("FCN_REDIS_PREFIX") or DEFAULT_REDIS_PREFIX
 
 
 def store_path(value: str | os.PathLike | None = None) -> Path:

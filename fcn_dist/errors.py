@@ -31,3 +31,13 @@ class QueueError(FcnError):
 
 class TrainingError(FcnError):
     """A training run failed in a way the user must act on (non-finite loss, ...)."""
+
+
+class Interrupted(FcnError):
+    """A run stopped early because ``should_stop()`` said so (SIGTERM, cancel, lost lease); its
+    checkpoint is saved and running it again resumes there."""
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """True for :class:`Interrupted` and ``KeyboardInterrupt`` (a stop, not a failure)."""
+    return isinstance(exc, (Interrupted, KeyboardInterrupt))

@@ -22,11 +22,17 @@ import yaml
 
 from fcn_dist.errors import SpecError
 
-VARIANTS = ("32s", "16s", "8s")
+# The vocabulary every layer shares (one place each): FCN variants in stage order, upsampling
+# modes, and the backbone names the model registry builds (fcn_dist.models checks that its
+# builders are exactly these).
+VARIANTS: tuple[str, ...] = ("32s", "16s", "8s")
+PREVIOUS_VARIANT: dict[str, str] = {"16s": "32s", "8s": "16s"}  # staged 32s -> 16s -> 8s
+UPSAMPLE_MODES: tuple[str, ...] = ("learned", "fixed", "interp")
+BACKBONES: tuple[str, ...] = ("vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet101",
+                              "mobilenet_v3_small", "mobilenet_v3_large")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-UPSAMPLE_MODES = ("learned", "fixed", "interp")
 CLASS_WEIGHTS = ("none", "median_frequency")
 DATA_LOADERS = ("auto", "ray", "torch")
 MAX_SPEC_BYTES = 64 * 1024
@@ -187,10 +193,8 @@ class JobSpec:
             v = getattr(self, fld)
             if v is not None and not _NAME_RE.match(v):
                 raise bad(fld, f"{v!r} must match [A-Za-z0-9_.-]{{1,64}}")
-        from fcn_dist.models import list_backbones
-
-        if self.backbone not in list_backbones():
-            raise bad("backbone", f"unknown backbone {self.backbone!r}; choose from {', '.join(list_backbones())}")
+        if self.backbone not in BACKBONES:
+            raise bad("backbone", f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         if not self.data or "\x00" in self.data:
             raise bad("data", "must be a non-empty path")
         for fld, lo in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_failures", 0),
@@ -234,6 +238,21 @@ class JobSpec:
                 self.store_dir()
             except SpecError as e:
                 raise bad("store", str(e)) from None
+
+
+def variant_order(variant: str) -> int:
+    """Position of ``variant`` in stage order (32s, 16s, 8s); unknown ones sort last."""
+    return VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+
+
+def size2(size: int | Iterable[int]) -> tuple[int, int]:
+    """``(height, width)`` from an int or a pair; ValueError for anything else."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return (size, size)
+    vals = [int(v) for v in size]
+    if len(vals) != 2 or min(vals) < 1:
+        raise ValueError(f"size must be (height, width) of positive integers, got {list(size)}")
+    return (vals[0], vals[1])
 
 
 def _choice(fld: str, value: Any, choices: Iterable[str], bad) -> None:
