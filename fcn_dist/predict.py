@@ -3,10 +3,11 @@
     seg = Segmenter.from_checkpoint("runs/job-8s/epoch_0010")
     labels = seg.predict("cat.jpg")          # np.ndarray (H, W) of class indices, original size
 
-The checkpoint says how to preprocess (``meta.json``: mean/std, eval_size): the image is resized
-to ``eval_size`` (bilinear; or kept at its size when there is none), normalised, the logits are
-upsampled bilinearly back to the original size and the argmax is taken there — the same path
-the final test evaluation uses, so predictions and reported test metrics agree.
+The checkpoint says how to preprocess (``meta.json``'s ``preprocessing``, the same
+:class:`~fcn_dist.data.transforms.Preprocessing` that validation used): the image is resized to
+its size (or kept at its own), normalised, the logits are upsampled bilinearly back to the
+original size and the argmax is taken there — the path the final test evaluation uses, so
+predictions and reported test metrics agree.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fcn_dist.checkpoint import load_checkpoint
+from fcn_dist.data.transforms import Preprocessing
 from fcn_dist.errors import FcnError
+from fcn_dist.perf import fast_dtype, optimize_for_inference
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -60,27 +64,17 @@ class Segmenter:
         self.num_classes = int(meta["num_classes"])
         self.palette = meta.get("palette")
         self.ignore_index = meta.get("ignore_index")
-        self.eval_size = list(meta["eval_size"]) if meta.get("eval_size") else None
-        self.mean = torch.tensor(meta.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
-        self.std = torch.tensor(meta.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+        self.preprocessing = Preprocessing.from_dict(meta)
+        self._transform = self.preprocessing.transform()
+        self.eval_size = list(self.preprocessing.size) if self.preprocessing.size else None
         self.amp_dtype: torch.dtype | None = None  # None = float32; bf16/fp16 = faster, lower precision
         self._fast: tuple[Any, Any] | None = None  # (dtype, optimised inference copy)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: Any = None) -> "Segmenter":
         """Load a checkpoint directory (``model.pt`` + ``meta.json``), weights_only."""
-        from fcn_dist.train.checkpoint import load_checkpoint
-
         model, meta = load_checkpoint(path)
         return cls(model, meta, device)
-
-    def _tensor(self, im: Image.Image) -> torch.Tensor:
-        if self.eval_size is not None:
-            h, w = self.eval_size
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return x
 
     @torch.no_grad()
     def logits_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
@@ -88,13 +82,12 @@ class Segmenter:
         pils = [_to_pil(i) for i in images]
         if not pils:
             return []
-        xs = [self._tensor(im) for im in pils]
+        xs = [self._transform(im)[0] for im in pils]
         same = all(x.shape == xs[0].shape for x in xs)
         groups = [torch.stack(xs)] if same else [x[None] for x in xs]
         outs: list[torch.Tensor] = []
         for xb in groups:
-            xb = ((xb - self.mean) / self.std).to(self.device)
-            outs.extend(self.fast_model()(xb).float())
+            outs.extend(self.fast_model()(xb.to(self.device)).float())
         result = []
         for lg, im in zip(outs, pils):
             w, h = im.size
@@ -107,8 +100,6 @@ class Segmenter:
         """The inference copy of the model (:func:`fcn_dist.perf.optimize_for_inference`:
         BatchNorm folded, conv+ReLU fused, channels_last, weights in ``amp_dtype``), built once
         per dtype."""
-        from fcn_dist.perf import optimize_for_inference
-
         dtype = self.amp_dtype or torch.float32
         if self._fast is None or self._fast[0] != dtype:
             self._fast = (dtype, optimize_for_inference(self.model, self.device, dtype=dtype))
@@ -185,8 +176,6 @@ def predict_files(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathL
     original size) and, with ``overlay``, ``<out>/<stem>_overlay.png``. Returns written label maps.
     ``precision``: ``auto`` (bf16 where the device computes it natively), ``off`` (float32),
     ``bf16``, ``fp16``."""
-    from fcn_dist.perf import fast_dtype
-
     seg = Segmenter.from_checkpoint(checkpoint, device=device)
     dtype = fast_dtype(seg.device, precision)
     seg.amp_dtype = None if dtype == torch.float32 else dtype

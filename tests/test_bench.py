@@ -222,25 +222,25 @@ def test_fast_dtype_off_is_fp32():
     assert training_settings("cpu", amp="bf16").channels_last is True
 
 
-def test_turns_make_two_loops_alternate_step_by_step(tmp_path, monkeypatch):
-    """The Ray Train overhead benchmark's step alternation (FCN_BENCH_TURNS): two loops over
+def test_turns_make_two_loops_alternate_step_by_step(tmp_path):
+    """The Ray Train overhead benchmark's step alternation (a loop hook): two loops over
     their batches take strict turns, and the time spent waiting for the other is reported."""
     import os
+    import pickle
     import threading
     import time
 
-    from fcn_dist.train.loop import _Turns
+    from fcn_dist.bench.turns import StepTurns
 
     for name in ("a", "b"):
         os.mkfifo(tmp_path / name)
-    monkeypatch.setenv("FCN_BENCH_TURNS", f"{tmp_path},a,b")
-    ta = _Turns.from_env()
-    tb = _Turns(str(tmp_path), "b", "a")
+    ta = pickle.loads(pickle.dumps(StepTurns(tmp_path, "a", "b")))  # as Ray ships it to a worker
+    tb = StepTurns(str(tmp_path), "b", "a")
     os.write(os.open(tmp_path / "a", os.O_RDWR), b"x")  # a starts
     order: list[str] = []
 
     def loop(turns, name):
-        for step in turns.alternate(range(4)):
+        for step in turns.wrap_batches(range(4)):
             order.append(f"{name}{step}")
             time.sleep(0.01)
 
@@ -257,7 +257,7 @@ def test_train_loop_optimizers_are_fused_on_cpu():
     from types import SimpleNamespace
 
     from fcn_dist.perf import fused_optimizer_ok
-    from fcn_dist.train.loop import build_optimizer
+    from fcn_dist.train.step import build_optimizer
 
     model = create_model("fcn32s_resnet18", 3)
     for name in ("adamw", "sgd"):

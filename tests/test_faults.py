@@ -655,7 +655,7 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
 
     from fcn_dist.errors import TrainingError, WeightsError
     from fcn_dist.models.backbones import _read_state_file
-    from fcn_dist.train import checkpoint as ckpt_io
+    from fcn_dist import checkpoint as ckpt_io
 
     marker = tmp_path / "pwned"
 

@@ -19,7 +19,7 @@ PALETTE = [[0, 0, 0], [220, 20, 60], [255, 255, 255]]
 def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint directory as training writes it (random resnet18 FCN-8s, 3 classes)."""
     from fcn_dist.models import create_model
-    from fcn_dist.train.checkpoint import save_checkpoint
+    from fcn_dist.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("fcn8s_resnet18", 3)

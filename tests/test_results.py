@@ -172,7 +172,7 @@ def test_plot_gallery_with_real_checkpoints(tmp_path):
     torch = pytest.importorskip("torch")
     from fcn_dist.data import ShardDataset, prepare, read_manifest
     from fcn_dist.models import create_model
-    from fcn_dist.train.checkpoint import save_checkpoint
+    from fcn_dist.checkpoint import save_checkpoint
 
     data = tmp_path / "data" / "synthetic"
     prepare("synthetic", data, count=40, size=(40, 56))

@@ -50,8 +50,8 @@ def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
     from fcn_dist.data import ShardDataset
     from fcn_dist.data.transforms import eval_transform
     from fcn_dist.store import ResultsStore
+    from fcn_dist.perf import prepare_for_training, training_settings
     from fcn_dist.train import evaluate, load_checkpoint, run
-    from fcn_dist.train.loop import resolve_amp
 
     spec = _spec(synthetic)  # smoke.yaml: 2 workers, Ray Data input, amp auto
     assert spec.num_workers == 2
@@ -87,9 +87,11 @@ def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
     torch.load(latest / "train_state.pt", weights_only=True)
 
     # DDP-synchronised validation (2 ranks, torchmetrics sync) == one process, same checkpoint
-    amp_dtype, _ = resolve_amp(spec.amp, torch.device("cpu"))
+    settings = training_settings("cpu", spec.amp)  # the loop's precision policy and layout
+    prepare_for_training(model, settings)
     val = ShardDataset(synthetic, "val", transform=eval_transform(meta["eval_size"]))
-    single = evaluate(model, val, num_classes=3, ignore_index=255, batch_size=1, amp_dtype=amp_dtype)
+    single = evaluate(model, val, num_classes=3, ignore_index=255, batch_size=1,
+                      amp_dtype=settings.amp_dtype)
     last = epochs[-1]
     for k in ("miou", "pixel_accuracy", "mean_accuracy", "fwiou"):
         assert last[k] == pytest.approx(single[k], abs=1e-9), k
@@ -115,7 +117,7 @@ def reference(ray_session, synthetic, tmp_path_factory):
 
 
 def _assert_same_as_reference(reference, res, run_dir, rows):
-    from fcn_dist.train.checkpoint import load_state_dict
+    from fcn_dist.checkpoint import load_state_dict
 
     ref, ref_dir, ref_rows = reference
     for k in ("miou", "pixel_accuracy", "mean_accuracy", "fwiou", "best_val_miou", "best_epoch"):
@@ -278,7 +280,7 @@ def test_staged_init_from_previous_stage_checkpoint(ray_session, synthetic, stor
     """init_from: an FCN-16s starts from an FCN-32s checkpoint via models.stage_init."""
     from fcn_dist.models import create_model
     from fcn_dist.train import read_meta, run
-    from fcn_dist.train.checkpoint import load_state_dict, save_checkpoint
+    from fcn_dist.checkpoint import load_state_dict, save_checkpoint
 
     torch.manual_seed(1)
     prev = create_model("fcn32s_resnet18", 3).state_dict()
@@ -312,15 +314,43 @@ def test_resources_default_to_fractional_cpus_and_detect_gpus():
         resolve_resources(spec.replace(cpus_per_worker=2.0), {"CPU": 2})
 
 
-def test_lr_schedules_with_warmup():
-    from fcn_dist.train.loop import Schedule
+def _lrs(spec, steps_per_epoch: int, n: int, resume_at: int | None = None) -> list[float]:
+    """The LR factor before each of ``n`` optimizer steps; with ``resume_at`` the schedule is
+    rebuilt from a state_dict there, as a resumed run does."""
+    from fcn_dist.train.step import build_scheduler
 
-    cos = Schedule("cosine", total_steps=110, warmup_steps=10)
-    assert cos(0) == pytest.approx(1 / 11) and cos(9) == pytest.approx(10 / 11)
-    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
-    poly = Schedule("poly", total_steps=100)
-    assert poly(0) == 1.0 and poly(50) == pytest.approx(0.5 ** 0.9) and poly(100) == 0.0
-    assert Schedule("constant", total_steps=10)(7) == 1.0
+    def fresh():
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        return opt, build_scheduler(opt, spec, steps_per_epoch)
+
+    opt, sched = fresh()
+    out = []
+    for i in range(n):
+        if i == resume_at:
+            saved = (opt.state_dict(), sched.state_dict())
+            opt, sched = fresh()
+            opt.load_state_dict(saved[0])
+            sched.load_state_dict(saved[1])
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_lr_schedules_with_warmup_resume_exactly():
+    from fcn_dist.spec import JobSpec
+
+    cos = _lrs(JobSpec(epochs=11, warmup_epochs=1, schedule="cosine"), 10, 110)
+    assert cos[0] == pytest.approx(1 / 11) and cos[9] == pytest.approx(1 / 11 + 9 / 10 * 10 / 11)
+    assert cos[10] == pytest.approx(1.0) and cos[60] == pytest.approx(0.5) and cos[110] == pytest.approx(0.0, abs=1e-12)
+    poly = _lrs(JobSpec(epochs=10, schedule="poly"), 10, 100)
+    assert poly[0] == 1.0 and poly[50] == pytest.approx(0.5 ** 0.9) and poly[100] == 0.0
+    assert set(_lrs(JobSpec(epochs=1, schedule="constant"), 10, 10)) == {1.0}
+    spec = JobSpec(epochs=11, warmup_epochs=1, schedule="cosine")
+    assert _lrs(spec, 10, 110, resume_at=5) == cos  # bitwise, across the warm-up milestone too
+    assert _lrs(spec, 10, 110, resume_at=37) == cos
 
 
 def test_fcn_train_reports_a_bad_spec_in_one_line(tmp_path):

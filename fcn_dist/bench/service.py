@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from fcn_dist.bench.timing import machine_info, percentile
+from fcn_dist.spec import JobSpec
+from fcn_dist.train.hooks import LoopHooks
 
 __all__ = [
     "bench_ingest",
@@ -76,7 +78,8 @@ def _steady(epochs: list[dict[str, Any]]) -> dict[str, Any]:
             "images_per_second": statistics.median(ips) if ips else None}
 
 
-def bench_local_loop(spec, store_root: str, run_dir: str) -> dict[str, Any]:
+def bench_local_loop(spec: JobSpec, store_root: str, run_dir: str,
+                     hooks: LoopHooks | None = None) -> dict[str, Any]:
     """The same training loop outside Ray: :func:`fcn_dist.train.trainer.run_loop_locally`
     (Ray Train's local mode: ``train_loop_per_worker`` as a plain function in this process,
     no Ray cluster). Step times come from the loop's epoch rows, as for the Ray run."""
@@ -84,7 +87,7 @@ def bench_local_loop(spec, store_root: str, run_dir: str) -> dict[str, Any]:
 
     os.environ["FCN_STORE"] = store_root
     t0 = time.time()
-    summary = run_loop_locally(spec, run_dir=run_dir)
+    summary = run_loop_locally(spec, run_dir=run_dir, hooks=hooks)
     out: dict[str, Any] = {"epochs": _epoch_figures(store_root), "run_seconds": time.time() - t0,
                            "threads": torch.get_num_threads(), "status": summary.get("status")}
     out.update(_steady(out["epochs"]))
@@ -110,8 +113,8 @@ def _machine_busy(seconds: float) -> float | None:
     return (b[0] - a[0]) / (b[1] - a[1])
 
 
-def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None = None
-                    ) -> dict[str, Any]:
+def bench_ray_train(spec: JobSpec, store_root: str, run_dir: str, redis_url: str | None = None,
+                    hooks: LoopHooks | None = None) -> dict[str, Any]:
     """``fcn_dist.train.run`` (1 worker): per-epoch images/s, and claim -> first step time.
 
     When Redis is reachable the job goes through :class:`fcn_dist.queue.JobQueue` (unique
@@ -147,7 +150,7 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
 
         def target() -> None:
             try:
-                result.update(run(spec, job_id=job_id, run_dir=run_dir))
+                result.update(run(spec, job_id=job_id, run_dir=run_dir, hooks=hooks))
             except BaseException as e:  # noqa: BLE001 - reported below
                 error.append(e)
 
@@ -182,7 +185,7 @@ def bench_ray_train(spec, store_root: str, run_dir: str, redis_url: str | None =
     return out
 
 
-def bench_train_pairs(spec, work: str, repeats: int, redis_url: str | None,
+def bench_train_pairs(spec: JobSpec, work: str, repeats: int, redis_url: str | None,
                       settle_seconds: float) -> dict[str, Any]:
     """The Ray Train overhead: the same loop outside Ray and in Ray Train, step by step.
 
@@ -192,8 +195,7 @@ def bench_train_pairs(spec, work: str, repeats: int, redis_url: str | None,
     busy over 5 s). Then, ``repeats`` times, two runs of the same spec go side by side:
     :func:`~fcn_dist.train.trainer.run_loop_locally` in a plain subprocess (the loop outside
     Ray) and :func:`~fcn_dist.train.run` (the loop in a 1-worker Ray Train job). They take
-    strict turns, one training step each (``FCN_BENCH_TURNS``, see
-    ``fcn_dist.train.loop._Turns``), so a machine whose speed drifts by 10-20 % from minute to
+    strict turns, one training step each (:class:`fcn_dist.bench.turns.StepTurns`), so a machine whose speed drifts by 10-20 % from minute to
     minute (a shared VM) slows both alike, and each times only its own steps. The first Ray
     job goes through the Redis queue for the claim -> first step time.
     """
@@ -202,6 +204,7 @@ def bench_train_pairs(spec, work: str, repeats: int, redis_url: str | None,
 
     import ray
 
+    from fcn_dist.bench.turns import StepTurns
     from fcn_dist.train.trainer import _init_ray_keeping_signal_handlers
 
     out: dict[str, Any] = {"local": [], "ray": [], "settle_seconds": settle_seconds}
@@ -218,20 +221,18 @@ def bench_train_pairs(spec, work: str, repeats: int, redis_url: str | None,
                 os.mkfifo(os.path.join(turns, name))
             first = os.open(os.path.join(turns, "local" if rep % 2 == 0 else "ray"), os.O_RDWR)
             os.write(first, b"x")  # who starts alternates from pair to pair
-            cfg = {"mode": "local", "spec": spec.to_json(),
+            cfg = {"mode": "local", "spec": spec.to_json(), "turns": turns,
                    "store_root": os.path.join(work, f"store-local-{rep}"),
                    "run_dir": os.path.join(work, "runs", f"local-{rep}")}
             local = subprocess.Popen(
                 [sys.executable, "-m", "fcn_dist.bench.service", json.dumps(cfg)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "FCN_BENCH_TURNS": f"{turns},local,ray"})
-            os.environ["FCN_BENCH_TURNS"] = f"{turns},ray,local"  # run() passes it to its worker
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 out["ray"].append(bench_ray_train(
                     spec, os.path.join(work, f"store-ray-{rep}"),
-                    os.path.join(work, "runs", f"ray-{rep}"), redis_url if rep == 0 else None))
+                    os.path.join(work, "runs", f"ray-{rep}"), redis_url if rep == 0 else None,
+                    hooks=StepTurns(turns, "ray", "local")))
             finally:
-                del os.environ["FCN_BENCH_TURNS"]
                 stdout, stderr = local.communicate(timeout=1800)
                 os.close(first)
             out["local"].append(_last_json(stdout, stderr, local.returncode))
@@ -573,5 +574,8 @@ if __name__ == "__main__":  # the Ray Train part, run by _in_subprocess
         _out = bench_train_pairs(_spec_, _cfg["work"], _cfg["repeats"], _cfg.get("redis_url"),
                                  _cfg["settle_seconds"])
     else:  # "local": one side of a pair, started by bench_train_pairs
-        _out = bench_local_loop(_spec_, _cfg["store_root"], _cfg["run_dir"])
+        from fcn_dist.bench.turns import StepTurns
+
+        _out = bench_local_loop(_spec_, _cfg["store_root"], _cfg["run_dir"],
+                                hooks=StepTurns(_cfg["turns"], "local", "ray"))
     print(json.dumps(_out, default=str), flush=True)

@@ -6,6 +6,7 @@ See :mod:`fcn_dist.data.sources` for the sources, splits and bad-input rules,
 paired transforms and :mod:`fcn_dist.data.loading` for the Ray Data pipeline.
 """
 
+from fcn_dist.data.class_weights import median_frequency_weights
 from fcn_dist.data.loading import load
 from fcn_dist.data.shards import FORMAT_VERSION, Manifest, ShardDataset, read_manifest, verify
 from fcn_dist.data.sources import SOURCES, prepare
@@ -16,6 +17,7 @@ __all__ = [
     "SOURCES",
     "ShardDataset",
     "load",
+    "median_frequency_weights",
     "prepare",
     "read_manifest",
     "verify",

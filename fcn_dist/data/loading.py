@@ -29,17 +29,16 @@ import numpy as np
 
 from fcn_dist.data.shards import decode_image_array, decode_label, read_manifest, verify
 from fcn_dist.errors import DataError
+from fcn_dist.spec import size2
 
 _CALLS = itertools.count()  # per-process batch counter: fresh augmentation every epoch
 
 
 def _size2(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = list(v)
-    if len(v) != 2 or min(v) < 1:
-        raise DataError(f"size must be (height, width), got {v}")
-    return (int(v[0]), int(v[1]))
+    try:
+        return size2(v)
+    except (TypeError, ValueError) as e:
+        raise DataError(str(e)) from None
 
 
 def transform_batch(

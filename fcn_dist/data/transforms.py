@@ -12,6 +12,7 @@ plus the ignore index where padding was added. Nothing here interpolates labels 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -20,27 +21,25 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from fcn_dist.spec import size2
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 PairTransform = Callable[[Any, Any], "tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _size2(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = (int(s) for s in size)
-    return (h, w)
-
-
-def to_tv(image: Any, label: Any) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-    """Wrap an image (PIL, HxWx3 uint8 array or 3xHxW tensor) and a label map as tv_tensors."""
+def to_tv(image: Any, label: Any) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
+    """Wrap an image (PIL, HxWx3 uint8 array or 3xHxW tensor) and a label map (or None) as
+    tv_tensors."""
     if isinstance(image, torch.Tensor):
         img = image
     elif isinstance(image, np.ndarray):
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     else:  # PIL
         img = F.pil_to_tensor(image.convert("RGB"))
+    if label is None:
+        return tv_tensors.Image(img), None
     lab = label if isinstance(label, torch.Tensor) else torch.from_numpy(np.asarray(label).astype(np.int64))
     return tv_tensors.Image(img), tv_tensors.Mask(lab.to(torch.int64))
 
@@ -54,7 +53,7 @@ class RandomScale(v2.Transform):
 
     def __init__(self, target_size: Sequence[int], scale_range: tuple[float, float] = (0.5, 2.0)):
         super().__init__()
-        self.target_size = _size2(target_size)
+        self.target_size = size2(target_size)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -72,33 +71,33 @@ class RandomScale(v2.Transform):
         return inpt
 
 
-class _Finish:
-    """uint8 image -> float32 normalised; mask -> plain int64 tensor."""
-
-    def __init__(self) -> None:
-        self.to_float = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
-        self.normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-    def __call__(self, image: Any, label: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.to_float(image, label)
-        image, label = self.normalize(image, label)
-        return image.as_subclass(torch.Tensor).contiguous(), label.as_subclass(torch.Tensor).to(torch.int64).contiguous()
+def _plain(t: Any, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    if t is None:
+        return None
+    t = t.as_subclass(torch.Tensor)
+    return (t.to(dtype) if dtype is not None else t).contiguous()
 
 
 class PairedCompose:
-    """Apply a v2 pipeline to (image, label) and finish with dtype conversion and normalisation."""
+    """Apply a v2 pipeline to (image, label) and finish with dtype conversion and normalisation
+    (``mean``/``std``). ``label`` may be None (inference): the second result is then None."""
 
-    def __init__(self, steps: list[v2.Transform], normalize: bool = True):
+    def __init__(self, steps: list[v2.Transform], normalize: bool = True,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        if normalize:
+            steps = [*steps, v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                     v2.Normalize(list(mean), list(std))]
         self.pipeline = v2.Compose(steps) if steps else None
-        self.finish = _Finish() if normalize else None
+        self.normalize = normalize
 
-    def __call__(self, image: Any, label: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: Any, label: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, label = to_tv(image, label)
         if self.pipeline is not None:
-            image, label = self.pipeline(image, label)
-        if self.finish is None:
-            return image.as_subclass(torch.Tensor), label.as_subclass(torch.Tensor)
-        return self.finish(image, label)
+            if label is None:
+                image = self.pipeline(image)
+            else:
+                image, label = self.pipeline(image, label)
+        return _plain(image), _plain(label, torch.int64 if self.normalize else None)
 
 
 def train_transform(
@@ -114,7 +113,7 @@ def train_transform(
     label with ``ignore_index``), horizontal flip, mild colour jitter, ImageNet normalisation.
 
     The output always has the spatial size ``crop_size`` (fixed-size batches)."""
-    crop = _size2(crop_size)
+    crop = size2(crop_size)
     steps: list[v2.Transform] = [
         RandomScale(crop, scale_range),
         v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
@@ -126,13 +125,49 @@ def train_transform(
     return PairedCompose(steps, normalize=normalize)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input for validation, the test score and inference.
+
+    One definition for all three, saved in every checkpoint's ``meta.json`` (as torchvision's
+    weights carry their transforms): resize to ``size`` (h, w) — image bilinear (antialiased),
+    label nearest — or keep the image's size when ``size`` is None, then normalise.
+    """
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def transform(self) -> PairedCompose:
+        """The paired transform: ``(image, label or None) -> (float image, int64 label or None)``."""
+        steps: list[v2.Transform] = []
+        if self.size is not None:
+            steps.append(v2.Resize(list(self.size), antialias=True))  # Mask -> nearest by dispatch
+        return PairedCompose(steps, mean=self.mean, std=self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size) if self.size else None, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        """From :meth:`to_dict`'s form, or from an older checkpoint meta (``eval_size``,
+        ``mean``, ``std`` at the top level)."""
+        pre = d.get("preprocessing") or {"size": d.get("eval_size"), "mean": d.get("mean"),
+                                         "std": d.get("std")}
+        size = pre.get("size")
+        return cls(size=size2(size) if size else None,
+                   mean=tuple(pre.get("mean") or IMAGENET_MEAN),
+                   std=tuple(pre.get("std") or IMAGENET_STD))
+
+
 def eval_transform(size: int | Sequence[int] | None = None, *, normalize: bool = True) -> PairedCompose:
-    """Evaluation transform: resize to ``size`` (image bilinear, label nearest) or keep the
-    original size when ``size`` is None; ImageNet normalisation."""
-    steps: list[v2.Transform] = []
-    if size is not None:
-        steps.append(v2.Resize(list(_size2(size)), antialias=True))  # Mask -> nearest by dispatch
-    return PairedCompose(steps, normalize=normalize)
+    """Evaluation transform (:class:`Preprocessing`): resize to ``size`` (image bilinear,
+    label nearest) or keep the original size when ``size`` is None; ImageNet normalisation."""
+    if not normalize:
+        steps = [v2.Resize(list(size2(size)), antialias=True)] if size is not None else []
+        return PairedCompose(steps, normalize=False)
+    return Preprocessing(size2(size) if size is not None else None).transform()
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:

@@ -29,23 +29,20 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fcn_dist.errors import FcnError, SpecError, TrainingError
-from fcn_dist.train.loop import SCORE_ATTRIBUTE, STOP_FILE, train_loop_per_worker
+from fcn_dist.data import median_frequency_weights, read_manifest, verify
+from fcn_dist.errors import FcnError, Interrupted, SpecError, TrainingError
+from fcn_dist.spec import JobSpec
+from fcn_dist.train.evaluate import evaluate_checkpoint
+from fcn_dist.train.hooks import LoopHooks
+from fcn_dist.train.loop import SCORE_ATTRIBUTE, STOP_FILE, LoopConfig, train_loop_per_worker
+
+__all__ = ["Interrupted", "NonFiniteLossError", "resolve_resources", "run", "run_loop_locally"]
 
 log = logging.getLogger(__name__)
-
-
-def _interrupted_base() -> type[Exception]:
-    """The queue's ``Interrupted`` when the queue package is importable, else ``Exception``."""
-    try:
-        from fcn_dist.queue.worker import Interrupted as QueueInterrupted
-
-        return QueueInterrupted
-    except Exception:  # noqa: BLE001 - the queue is optional for training
-        return Exception
 
 
 class NonFiniteLossError(TrainingError):
@@ -53,11 +50,6 @@ class NonFiniteLossError(TrainingError):
     for a given spec and checkpoint, so retrying the same job is pointless."""
 
     retryable = False  # the queue worker fails the job at once instead of retrying it
-
-
-class Interrupted(_interrupted_base()):  # type: ignore[misc]
-    """The run stopped because ``should_stop()`` returned True; its checkpoint is saved and
-    calling :func:`run` again with the same ``run_dir`` resumes it."""
 
 
 def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
@@ -81,7 +73,7 @@ def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- resources
-def resolve_resources(spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float]]:
+def resolve_resources(spec: JobSpec, cluster: dict[str, float]) -> tuple[bool, dict[str, float]]:
     """``(use_gpu, resources_per_worker)`` for ``spec`` on a cluster with ``cluster`` resources."""
     gpus = float(cluster.get("GPU", 0.0))
     cpus = float(cluster.get("CPU", 1.0))
@@ -112,93 +104,12 @@ def resolve_resources(spec, cluster: dict[str, float]) -> tuple[bool, dict[str, 
     return use_gpu, res
 
 
-def median_frequency_weights(data_dir: str | Path, split: str = "train") -> list[float]:
-    """Median-frequency class weights (Eigen & Fergus): ``median(f) / f_c`` where ``f_c`` is the
-    pixel count of class c divided by the pixel count of the images where c is present."""
-    import numpy as np
-
-    from fcn_dist.data import ShardDataset
-
-    ds = ShardDataset(data_dir, split)
-    k = ds.manifest.num_classes
-    counts = np.zeros(k, dtype=np.float64)
-    present = np.zeros(k, dtype=np.float64)
-    for i in range(len(ds)):
-        _, lab = ds.raw(i)
-        lab = np.asarray(lab).ravel()
-        valid = lab[(lab >= 0) & (lab < k)]
-        c = np.bincount(valid.astype(np.int64), minlength=k)[:k]
-        counts += c
-        present += (c > 0) * valid.size
-    with np.errstate(divide="ignore", invalid="ignore"):
-        freq = np.where(present > 0, counts / np.maximum(present, 1), 0.0)
-    seen = freq > 0
-    if not seen.any():
-        return [1.0] * k
-    med = float(np.median(freq[seen]))
-    return [float(med / f) if f > 0 else 1.0 for f in freq]
-
-
-# --------------------------------------------------------------------------- final evaluation
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path, split: str, *, batch_size: int = 8,
-                        amp: str = "off", device: str | None = None,
-                        limit: int | None = None) -> dict[str, Any]:
-    """Score a checkpoint on ``split`` against labels at their ORIGINAL resolution.
-
-    Images are resized to the checkpoint's ``eval_size``, the logits are upsampled bilinearly
-    back to each image's original size and compared with the untouched label map. Returns the
-    metrics of :func:`fcn_dist.train.metrics.summarize` plus ``confusion_matrix``, ``images``,
-    ``params`` and ``gflops_per_image`` (one forward at the eval size).
-    """
-    import numpy as np
-
-    from fcn_dist.data import ShardDataset
-    from fcn_dist.predict import Segmenter
-    from fcn_dist.train import metrics as M
-    from fcn_dist.train.loop import resolve_amp
-
-    seg = Segmenter.from_checkpoint(path, device=device)
-    amp_dtype, _ = resolve_amp(amp, seg.device)
-    seg.amp_dtype = amp_dtype
-    ds = ShardDataset(data_dir, split)
-    k = seg.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    for start in range(0, n, batch_size):
-        raws = [ds.raw(i) for i in range(start, min(n, start + batch_size))]
-        preds = seg.predict_batch([im for im, _ in raws])
-        for pred, (_, lab) in zip(preds, raws):
-            cm += M.confusion_matrix_numpy(pred, lab, k, seg.ignore_index)
-    out = M.summarize(cm, seg.classes)
-    out["confusion_matrix"] = cm.tolist()
-    out["images"] = n
-    out["split"] = split
-    out["params"] = int(sum(p.numel() for p in seg.model.parameters()))
-    out["gflops_per_image"] = gflops(seg.model, seg.eval_size or [256, 256])
-    return out
-
-
-def gflops(model, size) -> float:
-    """Forward GFLOPs of ``model`` for one image of ``size`` (h, w) (torch.utils.flop_counter)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    p = next(model.parameters())
-    x = torch.zeros(1, 3, int(size[0]), int(size[1]), device=p.device, dtype=p.dtype)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x)
-    model.train(was)
-    return fc.get_total_flops() / 1e9
-
-
 # --------------------------------------------------------------------------- the run
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def default_run_dir(spec, job_id: str | None) -> Path:
+def default_run_dir(spec: JobSpec, job_id: str | None) -> Path:
     """``<runs>/<job_id>-<variant>`` for queue jobs (stable: a retried job resumes), else
     ``<runs>/<name>-<variant>-<UTC time>`` (a fresh run each time)."""
     from fcn_dist import config
@@ -238,18 +149,26 @@ def _failure_message(err: BaseException) -> tuple[type[FcnError], str]:
     return TrainingError, f"training failed: {text[:500]}"
 
 
-class _Inputs:
-    """What :func:`run` checked before starting anything (see :func:`_check_inputs`)."""
+@dataclass
+class RunInputs:
+    """What :func:`run` checked before starting anything (see :func:`check_inputs`)."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    data_dir: Path
+    manifest: Any  # fcn_dist.data.Manifest
+    val_split: str
+    test_split: str
+    run_path: Path
+    init_from: str | None
+
+    @property
+    def run_id(self) -> str:
+        return self.run_path.name
 
 
-def _check_inputs(spec, *, run_dir, init_from, job_id) -> _Inputs:
+def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from: str | os.PathLike | None,
+                 job_id: str | None) -> RunInputs:
     """The data (manifest, splits, shard sizes and hashes), the run dir and ``init_from``;
     each problem is a :class:`SpecError`/``DataError`` naming the field or file."""
-    from fcn_dist.data import read_manifest, verify
-
     data_dir = spec.data_dir()
     manifest = read_manifest(data_dir)
     if "train" not in manifest.splits:
@@ -273,15 +192,14 @@ def _check_inputs(spec, *, run_dir, init_from, job_id) -> _Inputs:
         if not (ip / "model.pt").is_file() and not (ip.is_file() and ip.suffix == ".pt"):
             raise SpecError(f"init_from: {init_from} is not a checkpoint directory (no model.pt)")
         init_from = str(ip.resolve())
-    return _Inputs(data_dir=data_dir, manifest=manifest, val_split=val_split,
-                   test_split=test_split, run_path=run_path, run_id=run_path.name,
-                   init_from=init_from)
+    return RunInputs(data_dir=data_dir, manifest=manifest, val_split=val_split,
+                     test_split=test_split, run_path=run_path, init_from=init_from)
 
 
-def _loop_config(spec, inp: _Inputs, *, job_id: str | None, use_gpu: bool,
-                 resources: dict[str, float]) -> dict[str, Any]:
-    """The ``train_loop_config`` of :func:`~fcn_dist.train.loop.train_loop_per_worker`
-    (creates the run dir; median-frequency class weights are computed once and kept there)."""
+def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: bool,
+                resources: dict[str, float], hooks: LoopHooks | None = None) -> LoopConfig:
+    """The workers' :class:`~fcn_dist.train.loop.LoopConfig` (creates the run dir;
+    median-frequency class weights are computed once and kept there)."""
     manifest, run_path = inp.manifest, inp.run_path
     world = spec.num_workers
     n_train = manifest.splits["train"]
@@ -304,20 +222,20 @@ def _loop_config(spec, inp: _Inputs, *, job_id: str | None, use_gpu: bool,
         else:
             class_weights = median_frequency_weights(inp.data_dir)
             cw_file.write_text(json.dumps(class_weights))
-    return {
-        "spec": spec.to_dict(), "run_id": inp.run_id, "job_id": job_id, "run_dir": str(run_path),
-        "data_dir": str(inp.data_dir), "store_dir": str(spec.store_dir()),
-        "dataset": inp.data_dir.name,
-        "num_classes": manifest.num_classes, "classes": list(manifest.classes),
-        "palette": manifest.palette, "ignore_index": manifest.ignore_index,
-        "val_split": inp.val_split, "steps_per_epoch": steps, "data_loader": data_loader,
-        "init_from": inp.init_from, "class_weights": class_weights,
+    return LoopConfig(
+        spec=spec, run_id=inp.run_id, job_id=job_id, run_dir=str(run_path),
+        data_dir=str(inp.data_dir), store_dir=str(spec.store_dir()), dataset=inp.data_dir.name,
+        num_classes=manifest.num_classes, classes=list(manifest.classes),
+        palette=manifest.palette, ignore_index=manifest.ignore_index, val_split=inp.val_split,
+        steps_per_epoch=steps, data_loader=data_loader, init_from=inp.init_from,
+        class_weights=class_weights,
         # validation decoding processes: only where the worker has CPUs to spare (GPU runs)
-        "loader_workers": min(4, max(0, int(resources["CPU"]) - 1)) if use_gpu else 0,
-    }
+        loader_workers=min(4, max(0, int(resources["CPU"]) - 1)) if use_gpu else 0,
+        hooks=hooks or LoopHooks())
 
 
-def run_loop_locally(spec, *, run_dir: str | os.PathLike) -> dict[str, Any]:
+def run_loop_locally(spec: JobSpec, *, run_dir: str | os.PathLike,
+                     hooks: LoopHooks | None = None) -> dict[str, Any]:
     """The training loop in Ray Train's local mode (``ScalingConfig(num_workers=0)``): the
     same :func:`~fcn_dist.train.loop.train_loop_per_worker`, run as a plain function in this
     process, with no Ray cluster, actors or Ray Data. For benchmarks (the Ray Train overhead
@@ -329,12 +247,12 @@ def run_loop_locally(spec, *, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     from fcn_dist.perf import physical_cores
 
-    inp = _check_inputs(spec, run_dir=run_dir, init_from=None, job_id=None)
+    inp = check_inputs(spec, run_dir=run_dir, init_from=None, job_id=None)
     use_gpu = spec.use_gpu == "true" or (spec.use_gpu == "auto" and torch.cuda.is_available())
-    cfg = _loop_config(spec, inp, job_id=None, use_gpu=use_gpu,
-                       resources={"CPU": float(physical_cores())})
-    cfg["data_loader"] = "torch"  # local mode has no Ray Data
-    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=cfg,
+    cfg = loop_config(spec, inp, job_id=None, use_gpu=use_gpu,
+                      resources={"CPU": float(physical_cores())}, hooks=hooks)
+    cfg.data_loader = "torch"  # local mode has no Ray Data
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=cfg.to_dict(),
                            scaling_config=ScalingConfig(num_workers=0),
                            run_config=RunConfig(name=inp.run_id,
                                                 storage_path=str(inp.run_path.parent)))
@@ -345,16 +263,17 @@ def run_loop_locally(spec, *, run_dir: str | os.PathLike) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
+def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
         init_from: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
-        ray_address: str | None = None) -> dict[str, Any]:
+        ray_address: str | None = None, hooks: LoopHooks | None = None) -> dict[str, Any]:
     """Run one training job on Ray Train; return the JSON-able result summary.
 
     ``run_dir`` holding checkpoints resumes from the latest. ``init_from`` (or ``spec.init_from``)
     is the previous stage's checkpoint (staged 32s -> 16s -> 8s). ``should_stop()`` turning True
     saves a checkpoint and raises :class:`Interrupted`. A non-finite loss raises
     :class:`~fcn_dist.errors.TrainingError` naming epoch and step. ``ray_address``: an existing
-    cluster (else ``RAY_ADDRESS``, else a local Ray started here).
+    cluster (else ``RAY_ADDRESS``, else a local Ray started here). ``hooks``: a
+    :class:`~fcn_dist.train.hooks.LoopHooks` the workers call (benchmarks, fault tests).
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -363,7 +282,7 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
     from fcn_dist.store import ResultsStore
 
     started = _now()
-    inp = _check_inputs(spec, run_dir=run_dir, init_from=init_from, job_id=job_id)
+    inp = check_inputs(spec, run_dir=run_dir, init_from=init_from, job_id=job_id)
     data_dir, manifest, run_path, run_id = inp.data_dir, inp.manifest, inp.run_path, inp.run_id
     test_split = inp.test_split
     store_dir = spec.store_dir()
@@ -377,11 +296,11 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
         _init_ray_keeping_signal_handlers(ray_address)
     use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
     world = spec.num_workers
-    loop_config = _loop_config(spec, inp, job_id=job_id, use_gpu=use_gpu, resources=resources)
+    cfg = loop_config(spec, inp, job_id=job_id, use_gpu=use_gpu, resources=resources, hooks=hooks)
     stop_file = run_path / STOP_FILE
     stop_file.unlink(missing_ok=True)
     datasets = None
-    if loop_config["data_loader"] == "ray":
+    if cfg.data_loader == "ray":
         from fcn_dist.data import load
 
         datasets = {"train": load(data_dir, "train", mode="train", crop_size=spec.crop_size,
@@ -394,12 +313,12 @@ def run(spec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = 
     # Training is the job's main work, so it runs at normal priority, as Ray's Job API runs a
     # job's driver (FCN_WORKER_NICENESS overrides, e.g. 10 on a shared workstation).
     env["RAY_worker_niceness"] = os.environ.get("FCN_WORKER_NICENESS", "0")
-    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS", "FCN_BENCH_TURNS"):
+    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS"):
         if os.environ.get(var):
             env[var] = os.environ[var]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=cfg.to_dict(),
         scaling_config=ScalingConfig(num_workers=world, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
