@@ -310,7 +310,7 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch) -
     sd = torchvision.models.mobilenet_v3_small().state_dict()
     torch.save(sd, cache)
     backbone = create_backbone("mobilenet_v3_small", "imagenet")
-    torch.testing.assert_close(backbone.features[0][0].weight, sd["features.0.0.weight"])
+    torch.testing.assert_close(backbone.features["0"][0].weight, sd["features.0.0.weight"])
 
 
 # ------------------------------------------------------------------------- staged init
@@ -455,3 +455,15 @@ def test_registry_is_spec_backbones_in_order() -> None:
     assert list_backbones() == list(spec.BACKBONES)
     assert tuple(fcn_mod.VARIANT_TAPS) == spec.VARIANTS
     assert list_models()[:3] == [f"fcn{v}_{spec.BACKBONES[0]}" for v in spec.VARIANTS]
+
+
+def test_stage_init_strips_nested_wrapper_prefixes_without_touching_the_input() -> None:
+    torch.manual_seed(0)
+    old = create_model("fcn32s_mobilenet_v3_small", 3)
+    _randomise_head(old)
+    state = {f"_orig_mod.module.{k}": v for k, v in old.state_dict().items()}  # compile(DDP(m))
+    keys = list(state)
+    new = stage_init(create_model("fcn16s_mobilenet_v3_small", 3), state)
+    assert list(state) == keys  # the caller's dict is not edited
+    torch.testing.assert_close(new.head.score_s32.weight, old.head.score_s32.weight, rtol=0, atol=0)
+    assert new.head.score_s16.weight.abs().sum() == 0
