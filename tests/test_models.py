@@ -310,7 +310,7 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch) -
     sd = torchvision.models.mobilenet_v3_small().state_dict()
     torch.save(sd, cache)
     backbone = create_backbone("mobilenet_v3_small", "imagenet")
-    torch.testing.assert_close(backbone.features[0][0].weight, sd["features.0.0.weight"])
+    torch.testing.assert_close(backbone.features["0"][0].weight, sd["features.0.0.weight"])
 
 
 # ------------------------------------------------------------------------- staged init
@@ -376,3 +376,94 @@ def test_param_groups_no_decay_on_biases_and_norms() -> None:
     assert trainable == len(list(model.head.parameters()))
     freeze_backbone(model, frozen=False)
     assert all(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------- torchvision layout: keys, outputs, registry
+
+_HEAD_KEYS = [f"head.score_{t}.{p}" for t in ("s32", "s16", "s8") for p in ("weight", "bias")] + [
+    f"head.up_{u}.weight" for u in ("s16", "s8", "out")
+]
+
+
+def _torchvision_keys(name: str) -> list[str]:
+    """A torchvision classifier's state-dict keys as the backbone holds them (classifier off)."""
+    with torch.device("meta"):
+        keys = list(getattr(torchvision.models, name)().state_dict())
+    # VGG keeps fc6/fc7 (its classifier.0/.3 as convs); otherwise the classifier is dropped
+    fc = {"classifier.0.": "fc6.", "classifier.3.": "fc7."} if name.startswith("vgg") else {}
+    out = []
+    for key in keys:
+        head = key[: len("classifier.0.")]
+        if head in fc:
+            out.append(fc[head] + key[len(head):])
+        elif not key.startswith(("fc.", "classifier.")):
+            out.append(key)
+    return out
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_state_dict_keys_are_torchvision_keys_in_torchvision_order(name: str) -> None:
+    # Old checkpoints and optimizer states (parameter order) keep loading.
+    expected = ["backbone." + k for k in _torchvision_keys(name)]
+    with torch.device("meta"):
+        model = create_model(f"fcn8s_{name}", 3)
+    assert list(model.state_dict()) == expected + _HEAD_KEYS
+
+
+def _reference_taps(net: nn.Module, name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The taps computed by hand from a torchvision classifier's own modules."""
+    if name.startswith("resnet"):
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        s8 = net.layer2(net.layer1(x))
+        s16 = net.layer3(s8)
+        return {"s8": s8, "s16": s16, "s32": net.layer4(s16)}
+    at = {"mobilenet_v3_small": (3, 8, 12), "mobilenet_v3_large": (6, 12, 16)}[name]
+    out = {}
+    for i, layer in enumerate(net.features):
+        x = layer(x)
+        if i in at:
+            out[("s8", "s16", "s32")[at.index(i)]] = x
+    return out
+
+
+@pytest.mark.parametrize("name", [b for b in list_backbones() if not b.startswith("vgg")])
+def test_taps_are_bit_identical_to_torchvision_modules(name: str) -> None:
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    backbone = create_backbone(name)
+    backbones_mod.load_backbone_state(backbone, net.state_dict())
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = _reference_taps(net, name, x)
+        feats = backbone(x)
+    assert list(feats) == ["s8", "s16", "s32"]
+    for tap, (channels, stride) in backbone.taps.items():
+        assert torch.equal(feats[tap], ref[tap]), tap
+        assert feats[tap].shape == (2, channels, 64 // stride, 96 // stride)
+
+
+def test_registry_is_spec_backbones_in_order() -> None:
+    from fcn_dist import spec
+    from fcn_dist.models import fcn as fcn_mod
+
+    assert list_backbones() == list(spec.BACKBONES)
+    assert tuple(fcn_mod.VARIANT_TAPS) == spec.VARIANTS
+    assert list_models()[:3] == [f"fcn{v}_{spec.BACKBONES[0]}" for v in spec.VARIANTS]
+
+
+def test_stage_init_strips_nested_wrapper_prefixes_without_touching_the_input() -> None:
+    torch.manual_seed(0)
+    old = create_model("fcn32s_mobilenet_v3_small", 3)
+    _randomise_head(old)
+    state = {f"_orig_mod.module.{k}": v for k, v in old.state_dict().items()}  # compile(DDP(m))
+    keys = list(state)
+    new = stage_init(create_model("fcn16s_mobilenet_v3_small", 3), state)
+    assert list(state) == keys  # the caller's dict is not edited
+    torch.testing.assert_close(new.head.score_s32.weight, old.head.score_s32.weight, rtol=0, atol=0)
+    assert new.head.score_s16.weight.abs().sum() == 0

@@ -3,7 +3,6 @@
 from fcn_dist.models.backbones import Backbone, create_backbone, list_backbones
 from fcn_dist.models.fcn import (
     FCN,
-    VARIANTS,
     bilinear_kernel,
     create_model,
     freeze_backbone,
@@ -12,6 +11,7 @@ from fcn_dist.models.fcn import (
     parse_model_name,
     stage_init,
 )
+from fcn_dist.spec import VARIANTS
 
 __all__ = [
     "FCN",

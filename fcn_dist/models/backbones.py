@@ -5,9 +5,12 @@ feature maps at 1/8, 1/16 and 1/32 of the input — and which declares them up f
 ``taps`` (name -> ``(channels, stride)``, like timm's ``feature_info``). The FCN head only ever
 sees that dict, so any backbone fits any FCN variant.
 
-Module attribute names follow torchvision's (``features.N``, ``layer3``, ...), so a
-torchvision-format state dict maps onto a backbone almost key for key; only VGG's classifier
-is reshaped (``classifier.0`` -> ``fc6``, a 7x7 conv; ``classifier.3`` -> ``fc7``, a 1x1 conv).
+ResNet and MobileNetV3 are torchvision's own modules cut with torchvision's
+``IntermediateLayerGetter`` (the children up to the last tap, run in order); VGG is built here
+because fc6/fc7 turn its classifier into convs. Module names are torchvision's (``features.N``,
+``layer3``, ...), so a torchvision-format state dict maps onto a backbone almost key for key;
+only VGG's classifier is reshaped (``classifier.0`` -> ``fc6``, a 7x7 conv; ``classifier.3`` ->
+``fc7``, a 1x1 conv).
 
 Weights (``weights=`` of :func:`create_backbone`):
 
@@ -39,9 +42,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models import vgg as tv_vgg
+from torchvision.models._utils import IntermediateLayerGetter
 
 from fcn_dist.errors import SpecError, WeightsError
 from fcn_dist.perf import Dropout
+from fcn_dist.spec import BACKBONES
 
 __all__ = [
     "Backbone",
@@ -173,34 +178,25 @@ class VGGBackbone(Backbone):
 # ---------------------------------------------------------------------------------------------
 
 
-class ResNetBackbone(Backbone):
-    """torchvision ResNet stem and layer1-4; the pooled ``fc`` classifier is dropped."""
+class ResNetBackbone(IntermediateLayerGetter, Backbone):
+    """torchvision ResNet's stem and layer1-4 as children; avgpool and ``fc`` are dropped.
+
+    The ``IntermediateLayerGetter`` runs the children in order and returns layer2, layer3 and
+    layer4 as s8, s16, s32; being one (rather than holding one) keeps torchvision's keys.
+    """
 
     ignored_prefixes = ("fc.",)
 
     def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
         net = getattr(torchvision.models, name)(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4,
-        )
-        expansion = 4 if name in ("resnet50", "resnet101", "resnet152") else 1
+        super().__init__(net, {"layer2": "s8", "layer3": "s16", "layer4": "s32"})
+        self.name = name
+        expansion = type(net.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
         self.taps = {
             "s8": (128 * expansion, 8),
             "s16": (256 * expansion, 16),
             "s32": (512 * expansion, 32),
         }
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Return layer2 (1/8), layer3 (1/16) and layer4 (1/32) feature maps."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # 1/4
-        x = self.layer1(x)
-        s8 = self.layer2(x)  # 1/8
-        s16 = self.layer3(s8)  # 1/16
-        s32 = self.layer4(s16)  # 1/32
-        return {"s8": s8, "s16": s16, "s32": s32}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +211,11 @@ _MOBILENET_TAPS: dict[str, dict[str, tuple[int, int, int]]] = {
 
 
 class MobileNetV3Backbone(Backbone):
-    """torchvision MobileNetV3 ``features`` (no dilation); the classifier is dropped."""
+    """torchvision MobileNetV3 ``features`` (no dilation); the classifier is dropped.
+
+    ``features`` is an ``IntermediateLayerGetter`` over torchvision's ``features`` (as in
+    torchvision's own LR-ASPP and DeepLabV3 MobileNet models): index its blocks by string.
+    """
 
     ignored_prefixes = ("classifier.",)
 
@@ -223,46 +223,46 @@ class MobileNetV3Backbone(Backbone):
         super().__init__()
         self.name = name
         spec = _MOBILENET_TAPS[name]
-        self.features = getattr(torchvision.models, name)(weights=None).features
-        self._tap_at = {idx: tap for tap, (idx, _, _) in spec.items()}
+        features = getattr(torchvision.models, name)(weights=None).features
+        self.features = IntermediateLayerGetter(
+            features, {str(idx): tap for tap, (idx, _, _) in spec.items()}
+        )
         self.taps = {tap: (ch, stride) for tap, (_, ch, stride) in spec.items()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Return the last feature maps at 1/8, 1/16 and 1/32."""
-        out: dict[str, Tensor] = {}
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._tap_at:
-                out[self._tap_at[i]] = x
-        return out
+        return self.features(x)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registry and weights
 # ---------------------------------------------------------------------------------------------
 
-_BUILDERS: dict[str, Callable[[], Backbone]] = {
-    "vgg16": lambda: VGGBackbone("vgg16"),
-    "vgg19": lambda: VGGBackbone("vgg19"),
-    "resnet18": lambda: ResNetBackbone("resnet18"),
-    "resnet34": lambda: ResNetBackbone("resnet34"),
-    "resnet50": lambda: ResNetBackbone("resnet50"),
-    "resnet101": lambda: ResNetBackbone("resnet101"),
-    "mobilenet_v3_small": lambda: MobileNetV3Backbone("mobilenet_v3_small"),
-    "mobilenet_v3_large": lambda: MobileNetV3Backbone("mobilenet_v3_large"),
+# name -> builder called with the name, in spec.BACKBONES order (checked below)
+_BUILDERS: dict[str, Callable[[str], Backbone]] = {
+    "vgg16": VGGBackbone,
+    "vgg19": VGGBackbone,
+    "resnet18": ResNetBackbone,
+    "resnet34": ResNetBackbone,
+    "resnet50": ResNetBackbone,
+    "resnet101": ResNetBackbone,
+    "mobilenet_v3_small": MobileNetV3Backbone,
+    "mobilenet_v3_large": MobileNetV3Backbone,
 }
+if tuple(_BUILDERS) != BACKBONES:  # spec validates job specs against BACKBONES
+    raise ImportError(f"backbone builders {list(_BUILDERS)} differ from spec.BACKBONES {BACKBONES}")
 
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone` (and as the ``_backbone`` part of a model)."""
-    return list(_BUILDERS)
+    return list(BACKBONES)
 
 
 def create_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> Backbone:
     """Build backbone ``name`` with ``weights`` None, ``"imagenet"`` or a state-dict path."""
     if name not in _BUILDERS:
         raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(_BUILDERS)}")
-    backbone = _BUILDERS[name]()
+    backbone = _BUILDERS[name](name)
     if weights is None:
         return backbone
     if isinstance(weights, str) and weights.lower() == "imagenet":

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fcn_dist.errors import SpecError, WeightsError
 from fcn_dist.models.backbones import Backbone, create_backbone, list_backbones
+from fcn_dist.spec import UPSAMPLE_MODES, VARIANTS
 
 __all__ = [
     "FCN",
@@ -48,17 +49,14 @@ __all__ = [
     "stage_init",
 ]
 
-UpsampleMode = Literal["learned", "fixed", "interp"]
-UPSAMPLE_MODES: tuple[str, ...] = ("learned", "fixed", "interp")
-
-# Which taps each variant scores and sums, coarsest first.
+# Which taps each variant scores and sums, coarsest first (the variants are spec.VARIANTS).
 VARIANT_TAPS: dict[str, tuple[str, ...]] = {
     "32s": ("s32",),
     "16s": ("s32", "s16"),
     "8s": ("s32", "s16", "s8"),
 }
-VARIANTS: tuple[str, ...] = tuple(VARIANT_TAPS)
-PREVIOUS_VARIANT: dict[str, str] = {"16s": "32s", "8s": "16s"}
+if tuple(VARIANT_TAPS) != VARIANTS:
+    raise ImportError(f"VARIANT_TAPS keys {list(VARIANT_TAPS)} differ from spec.VARIANTS {VARIANTS}")
 
 # At-once training (paper, PAMI): scale skips before scoring so they start small.
 SKIP_SCALES: dict[str, float] = {"s16": 0.01, "s8": 1e-4}
@@ -252,15 +250,11 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
 def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
+    """A copy of ``state`` without wrapper prefixes, however nested (``module._orig_mod.``)."""
+    out = dict(state)  # consume_prefix_in_state_dict_if_present edits in place
+    while any(key.startswith(_WRAPPER_PREFIXES) for key in out):
+        for prefix in _WRAPPER_PREFIXES:
+            consume_prefix_in_state_dict_if_present(out, prefix)
     return out
 
 
