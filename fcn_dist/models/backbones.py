@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.models import vgg as tv_vgg
 
 from fcn_dist.errors import SpecError, WeightsError
-from fcn_dist.perf import Dropout
+from fcn_dist.models.layers import Dropout
 
 __all__ = [
     "Backbone",
