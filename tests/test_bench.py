@@ -1,12 +1,9 @@
-"""fcn-bench (model part) and fcn_dist.perf: keys and sanity of the figures, no timing asserts."""
+"""fcn-bench (model part): keys and sanity of the figures, no timing asserts."""
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,13 +11,6 @@ from click.testing import CliRunner
 
 from fcn_dist.cli.bench import main
 from fcn_dist.models import create_model
-from fcn_dist.perf import (
-    ConvReLU,
-    FrozenBackboneFCN,
-    fast_dtype,
-    optimize_for_inference,
-    training_settings,
-)
 
 
 def test_fcn_bench_model_json(tmp_path):
@@ -58,36 +48,6 @@ def test_memory_probe_subprocess():
     assert mem["peak_rss_mb"] > mem["base_rss_mb"] > 0
 
 
-_FAULTS_SCRIPT = """
-import resource, torch
-from fcn_dist.perf import reuse_freed_memory
-on = reuse_freed_memory()
-faults = []
-for _ in range(16):  # 64 MB each: above glibc's largest dynamic mmap threshold (32 MB)
-    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(64 << 18)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-print(on, sum(faults[-6:]) / 6)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
-def test_reuse_freed_memory_stops_page_faults_on_big_blocks():
-    """A freed 64 MB block is reused, not faulted in again page by page (16,384 4-KiB pages
-    on every allocation with glibc's default); FCN_MALLOC_REUSE=0 keeps the default. The heap
-    takes a few allocations to settle (aligned blocks), so the last 6 of 16 are counted.
-    Fresh processes: the setting is process-wide."""
-    seen = {}
-    for flag in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True,
-                             text=True, check=True, env={**os.environ, "FCN_MALLOC_REUSE": flag})
-        on, faults = out.stdout.split()
-        assert on == ("True" if flag == "1" else "False"), out.stdout
-        seen[flag] = float(faults)
-    assert seen["1"] < 100, seen
-    assert seen["0"] > 1000 or seen["0"] > 20 * max(seen["1"], 1), seen  # 2 MB pages (THP): fewer
-
-
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 def test_allocator_ablation_times_each_setting_in_its_own_process():
     """The two halves really differ: the subprocess of the default run has reuse off, the
@@ -102,52 +62,9 @@ def test_allocator_ablation_times_each_setting_in_its_own_process():
         assert v["images_per_second"] > 0 and v["peak_rss_mb"] > 0, res
 
 
-@pytest.mark.parametrize("name", ["fcn8s_vgg16", "fcn8s_resnet18", "fcn8s_mobilenet_v3_small"])
-def test_optimize_for_inference_matches_fp32(name):
-    torch.manual_seed(0)
-    model = create_model(name, 3)
-    for p in model.head.parameters():  # score layers start at zero: make the output non-trivial
-        torch.nn.init.normal_(p, 0.0, 0.01)
-    model.eval()
-    x = torch.randn(2, 3, 80, 96)
-    with torch.no_grad():
-        ref = model(x)
-    fast32 = optimize_for_inference(model, "cpu", dtype=torch.float32)
-    assert any(isinstance(m, ConvReLU) for m in fast32.modules())
-    y = fast32(x)
-    assert y.dtype == torch.float32 and y.shape == ref.shape
-    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
-    fast = optimize_for_inference(model, "cpu", dtype=torch.bfloat16)
-    err = (fast(x) - ref).abs().max() / ref.abs().max()
-    assert err < 0.05
-    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
-
-
-def test_conv_relu_packs_weights_per_input_shape():
-    # oneDNN's packed layout depends on the input shape (fc7 packed for batch 1 ran 18x slower
-    # on batch 8): packs are kept per shape, the two most recent, and dropped on a new weight
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(16, 32, 1)
-    layer = ConvReLU(conv).eval()
-    shapes = [(1, 16, 7, 7), (4, 16, 7, 7), (1, 16, 9, 5)]
-    xs = [torch.randn(s) for s in shapes]
-    with torch.inference_mode():
-        for x in xs[:2] + xs[:2]:
-            torch.testing.assert_close(layer(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-5)
-        assert sorted(k[3] for k in layer._packs) == sorted(shapes[:2])
-        layer(xs[0])  # now the most recent: the next new shape evicts shapes[1]
-        torch.testing.assert_close(layer(xs[2]), torch.relu(conv(xs[2])), rtol=1e-5, atol=1e-5)
-        assert [k[3] for k in layer._packs] == [shapes[0], shapes[2]]
-    with torch.no_grad():
-        conv.weight.mul_(-1.0)  # a new weight version: the old packs are stale
-    with torch.inference_mode():
-        torch.testing.assert_close(layer(xs[0]), torch.relu(conv(xs[0])), rtol=1e-5, atol=1e-5)
-    assert [k[3] for k in layer._packs] == [shapes[0]]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_masks_and_scales_like_nn_dropout(dtype):
-    from fcn_dist.perf import Dropout
+    from fcn_dist.models.layers import Dropout
 
     x = torch.randn(4, 64, 7, 9).to(dtype).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
@@ -180,46 +97,6 @@ def test_gemm_peak_takes_the_faster_of_mm_and_onednn_convolution():
     fn, flops = gemm_call("onednn_conv", 128, torch.float32)
     out = fn()
     assert out.shape == (2, 128, 8, 8) and flops == 2.0 * 128 ** 3
-
-
-def test_inference_model_runs_big_batches_in_chunks_with_the_same_logits(monkeypatch):
-    torch.manual_seed(0)
-    model = create_model("fcn8s_resnet18", 3)
-    for p in model.head.parameters():
-        torch.nn.init.normal_(p, 0.0, 0.01)
-    fast = optimize_for_inference(model.eval(), "cpu", dtype=torch.float32)
-    x = torch.randn(5, 3, 64, 64)
-    whole = fast(x)
-    calls = []
-    fast.model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-    monkeypatch.setattr(fast, "max_pixels", 2 * 64 * 64)  # two images per call
-    chunked = fast(x)
-    assert calls == [2, 2, 1]
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
-
-
-def test_frozen_backbone_trains_head_only():
-    torch.manual_seed(0)
-    model = create_model("fcn32s_resnet18", 3)
-    settings = training_settings("cpu", amp="off")
-    net = FrozenBackboneFCN(model, settings).train()
-    params = list(net.parameters())
-    assert params and all(p.requires_grad for p in params)
-    assert {id(p) for p in params} == {id(p) for p in model.head.parameters()}
-    x = torch.randn(2, 3, 64, 64)
-    logits = net(x)
-    assert logits.shape == (2, 3, 64, 64)
-    logits.float().sum().backward()
-    assert all(p.grad is not None for p in model.head.parameters())
-    assert all(p.grad is None for p in model.backbone.parameters())
-    assert set(net.state_dict()) == set(model.state_dict())
-
-
-def test_fast_dtype_off_is_fp32():
-    assert fast_dtype("cpu", "off") == torch.float32
-    # fp32 training on a CPU stays NCHW (channels_last is slower there); bf16 goes NHWC
-    assert training_settings("cpu", amp="off").channels_last is False
-    assert training_settings("cpu", amp="bf16").channels_last is True
 
 
 def test_turns_make_two_loops_alternate_step_by_step(tmp_path):

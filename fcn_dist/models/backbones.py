@@ -45,7 +45,7 @@ from torchvision.models import vgg as tv_vgg
 from torchvision.models._utils import IntermediateLayerGetter
 
 from fcn_dist.errors import SpecError, WeightsError
-from fcn_dist.perf import Dropout
+from fcn_dist.models.layers import Dropout
 from fcn_dist.spec import BACKBONES
 
 __all__ = [
