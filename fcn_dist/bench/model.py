@@ -31,9 +31,7 @@ from fcn_dist.models import create_model, freeze_backbone, param_groups
 from fcn_dist.perf import (
     FrozenBackboneFCN,
     fast_dtype,
-    fused_optimizer_ok,
     optimize_for_inference,
-    prepare_for_training,
     reuse_freed_memory,
     set_threads,
     training_settings,
@@ -123,15 +121,20 @@ def _training_case(model: nn.Module, mode: str, device: torch.device, batch: int
         # the plain-PyTorch baseline: torch.optim's default (unfused) AdamW
         opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
         return train_step_fn(model, opt, x, y)
-    settings = training_settings(device)
-    if frozen:
-        net: nn.Module = FrozenBackboneFCN(model, settings).train()
-    else:
-        net = prepare_for_training(model, settings)
-        x = settings.batch(x)
-    groups = param_groups(net, 1e-4)
-    opt = torch.optim.AdamW(groups, lr=1e-4, fused=fused_optimizer_ok(groups))  # as the loop
-    return train_step_fn(net, opt, x, y, settings.autocast)
+    # the service's own step (fcn_dist.train.step): precision policy, layout, grad scaler,
+    # clipping, fused optimizer, LR schedule, exactly as the per-worker loop runs it
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.step import make_step_state, train_step
+
+    spec = JobSpec(lr=1e-4, weight_decay=1e-4, epochs=1000)
+    net = FrozenBackboneFCN(model, training_settings(device, spec.amp)).train() if frozen else model
+    st = make_step_state(net, spec, device=device, steps_per_epoch=1000, ignore_index=IGNORE_INDEX)
+
+    def step() -> float:
+        out = train_step(st, x, y)
+        return float(out.loss_sum / out.norm.clamp_min(1))
+
+    return step
 
 
 def memory_probe(config: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
