@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from fcn_dist.store import ResultsStore
-from fcn_dist.store.report import compare, format_compare
+from fcn_dist.report import compare, format_compare
 
 VARIANTS = ("32s", "16s", "8s")
 CLASSES = ["background", "pet", "border"]

@@ -15,7 +15,7 @@ from PIL import Image
 from fcn_dist.cli.results import main as cli
 from fcn_dist.errors import FcnError
 from fcn_dist.store import ResultsStore
-from fcn_dist.store.report import compare, format_compare, plot, query
+from fcn_dist.report import compare, format_compare, plot, query
 
 CLASSES = ["background", "pet", "border"]
 PALETTE = [[0, 0, 0], [200, 30, 30], [30, 200, 30]]

@@ -360,7 +360,7 @@ def bench_store(runs: int = 10_000, epochs: int = 10, latency_rows: int = 500,
     from concurrent.futures import ProcessPoolExecutor
 
     from fcn_dist.store import ResultsStore
-    from fcn_dist.store.report import compare, format_compare
+    from fcn_dist.report import compare, format_compare
 
     bs = _bench_store_module()
     if bs is None:

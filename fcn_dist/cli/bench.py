@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fcn_dist.cli.support import Group
 from fcn_dist.errors import FcnError
-
-
-def _fail(exc: Any, code: int = 1) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(code)
 
 
 def _ints(value: str | None) -> list[int] | None:
@@ -37,7 +32,8 @@ def _write_json(path: str | None, res: dict[str, Any]) -> None:
         click.echo(f"wrote {p}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, fcn_error_code=2,  # a benchmark error is about its options: exit 2
+             context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation) and
     `fcn-bench service` (Ray Train overhead, ingest, queue, store). Figures, never asserts."""
@@ -82,17 +78,14 @@ def model(name, size, sizes, batch, num_classes, device, iters, train_iters, lat
         size_list = [size] + [s for s in size_list if s != size]
     size_list = size_list or [224]
     if device == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda: no CUDA device available", 2)
-    try:
-        res = run_model_bench(
-            name, sizes=size_list, batch=batch, num_classes=num_classes,
-            device=None if device == "auto" else device, iters=iters,
-            train_iters=train_iters, latency_iters=latency_iters,
-            gemm_sizes=tuple(_ints(gemm_sizes) or [2048]), baseline=baseline,
-            training=training, memory=memory, compile=compile_, profile=profile, ablation=ablation,
-            threads=threads, log=lambda s: click.echo(s, err=True))
-    except FcnError as exc:
-        _fail(exc, 2)
+        raise FcnError("--device cuda: no CUDA device available")
+    res = run_model_bench(
+        name, sizes=size_list, batch=batch, num_classes=num_classes,
+        device=None if device == "auto" else device, iters=iters,
+        train_iters=train_iters, latency_iters=latency_iters,
+        gemm_sizes=tuple(_ints(gemm_sizes) or [2048]), baseline=baseline,
+        training=training, memory=memory, compile=compile_, profile=profile, ablation=ablation,
+        threads=threads, log=lambda s: click.echo(s, err=True))
     click.echo(format_model_table(res))
     _write_json(json_out, res)
 
@@ -132,15 +125,12 @@ def service(model_name, size, batch, steps, epochs, repeats, settle_seconds, cou
 
     parts = tuple(p for p in (only or _PARTS) if p not in skip)
     if not parts:
-        _fail("nothing to run (every part skipped)", 2)
-    try:
-        res = run_service_bench(model=model_name, size=size, batch=batch, steps=steps,
-                                epochs=epochs, repeats=repeats, settle_seconds=settle_seconds,
-                                count=count, redis_url=redis_url, queue_jobs=queue_jobs,
-                                store_runs=store_runs, store_epochs=store_epochs, parts=parts,
-                                log=lambda s: click.echo(s, err=True))
-    except FcnError as exc:
-        _fail(exc, 2)
+        raise FcnError("nothing to run (every part skipped)")
+    res = run_service_bench(model=model_name, size=size, batch=batch, steps=steps,
+                            epochs=epochs, repeats=repeats, settle_seconds=settle_seconds,
+                            count=count, redis_url=redis_url, queue_jobs=queue_jobs,
+                            store_runs=store_runs, store_epochs=store_epochs, parts=parts,
+                            log=lambda s: click.echo(s, err=True))
     click.echo(format_service_table(res))
     _write_json(json_out, res)
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
 from fcn_dist import config
-from fcn_dist.errors import FcnError
-
-
-def _fail(e: FcnError) -> None:
-    click.echo(f"error: {e}", err=True)
-    sys.exit(2)
+from fcn_dist.cli.support import Group
 
 
 def _parse_size(_ctx: Any, _param: Any, value: str | None) -> tuple[int, int] | None:
@@ -52,7 +46,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group()
+@click.group(cls=Group, fcn_error_code=2)  # a dataset error is the user's input: exit 2
 def main() -> None:
     """Prepare, verify and inspect sharded segmentation datasets."""
 
@@ -93,10 +87,7 @@ def prepare(source: str, out: str | None, root: str | None, as_json: bool, **kw:
     if source == "camvid":
         kw.pop("val_fraction"), kw.pop("seed")
     out_dir = out or str(config.data_path() / source)
-    try:
-        summary = do_prepare(source, out_dir, root=root, **kw)
-    except FcnError as e:
-        _fail(e)
+    summary = do_prepare(source, out_dir, root=root, **kw)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
@@ -107,10 +98,7 @@ def verify(path: str, sha256: bool) -> None:
     """Check a prepared dataset's shards against its manifest."""
     from fcn_dist.data import verify as do_verify
 
-    try:
-        r = do_verify(path, sha256=sha256)
-    except FcnError as e:
-        _fail(e)
+    r = do_verify(path, sha256=sha256)
     click.echo(f"ok: {r['shards']} shards, {r['rows']} rows, {r['bytes'] / 1e6:.1f} MB"
                + (", sha256 verified" if sha256 else " (sizes and row counts; --sha256 for checksums)"))
 
@@ -122,10 +110,7 @@ def info(path: str, as_json: bool) -> None:
     """Show a prepared dataset's manifest: classes, splits, shards, source and options."""
     from fcn_dist.data import read_manifest
 
-    try:
-        m = read_manifest(path)
-    except FcnError as e:
-        _fail(e)
+    m = read_manifest(path)
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 
 import click
 
-from fcn_dist.queue.cli_support import Group
+from fcn_dist.cli.support import Group, redis_options
 
 
 def _ts(t: float | None) -> str:
@@ -26,33 +25,29 @@ def _queue(ctx: click.Context):
     return ctx.obj
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    rows = [header] + rows
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def _short(s: str, n: int = 60) -> str:
     s = " ".join((s or "").split())
     return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def _job_rows(jobs) -> list[list[str]]:
-    return [[j.id, j.state + ("*" if j.cancel_requested else ""), j.variant, j.backbone, j.name,
-             f"{j.attempts}/{j.max_attempts}", str(j.priority), j.worker or "-", _ts(j.updated_at),
-             _short(j.error, 50)] for j in jobs]
 
 
 _HEADER = ["ID", "STATE", "VARIANT", "BACKBONE", "NAME", "ATTEMPTS", "PRIO", "WORKER", "UPDATED (UTC)",
            "ERROR"]
 
 
+def _job_table(jobs) -> str:
+    """The jobs as aligned text (a * after the state: cancel pending)."""
+    from fcn_dist.report.tables import render
+
+    return render(_HEADER, [
+        [j.id, j.state + ("*" if j.cancel_requested else ""), j.variant, j.backbone, j.name,
+         f"{j.attempts}/{j.max_attempts}", str(j.priority), j.worker or "-", _ts(j.updated_at),
+         _short(j.error, 50)] for j in jobs])
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", default=None, metavar="URL", help="Redis URL (default $FCN_REDIS_URL).")
-@click.option("--prefix", default=lambda: os.environ.get("FCN_REDIS_PREFIX", "fcn:"),
-              show_default="fcn: or $FCN_REDIS_PREFIX", help="Key prefix of the queue.")
+@redis_options
 @click.pass_context
-def main(ctx: click.Context, redis_url: str | None, prefix: str) -> None:
+def main(ctx: click.Context, redis_url: str, prefix: str) -> None:
     """Inspect and control queued training jobs. IDs may be abbreviated (unique prefix)."""
     ctx.meta["redis_url"] = redis_url
     ctx.meta["prefix"] = prefix
@@ -70,7 +65,7 @@ def list_cmd(ctx: click.Context, state: str | None, limit: int | None, as_json: 
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in jobs], default=str))
     elif jobs:
-        click.echo(_table(_job_rows(jobs), _HEADER))
+        click.echo(_job_table(jobs), nl=False)
     else:
         click.echo("no jobs" + (f" in state {state}" if state else ""))
 
@@ -195,7 +190,7 @@ def dead(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in jobs], default=str))
     elif jobs:
-        click.echo(_table(_job_rows(jobs), _HEADER))
+        click.echo(_job_table(jobs), nl=False)
     else:
         click.echo("no dead-lettered jobs")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from fcn_dist.queue.cli_support import Command
+from fcn_dist.cli.support import Command
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from fcn_dist.cli.support import Group
 from fcn_dist.errors import FcnError
 
 _store_opt = click.option("--store", "store", default=None, metavar="DIR",
@@ -20,12 +19,7 @@ def _open(store):
     return ResultsStore(store)
 
 
-def _fail(exc: Exception, code: int = 1):
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(code)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Compare, query and plot FCN training results from the Parquet store."""
 
@@ -38,18 +32,16 @@ def main() -> None:
 @_fmt_opt
 def compare(store, dataset, backbone, variant, fmt) -> None:
     """One row per run: test metrics and cost, best per column marked."""
-    from fcn_dist.store.report import compare as _compare, format_compare
+    from fcn_dist.report import compare as _compare, format_compare
 
-    try:
-        st = _open(store)
-        rows = _compare(st, dataset=dataset, backbone=backbone, variant=variant)
-        if not rows and fmt in ("table", "markdown"):
-            _fail(f"no finished runs in {st.root}"
-                  + "".join(f" {k}={v}" for k, v in (("dataset", dataset), ("backbone", backbone),
-                                                       ("variant", variant)) if v))
-        click.echo(format_compare(rows, fmt), nl=False)
-    except FcnError as exc:
-        _fail(exc)
+    st = _open(store)
+    rows = _compare(st, dataset=dataset, backbone=backbone, variant=variant)
+    if not rows and fmt in ("table", "markdown"):
+        raise FcnError(f"no finished runs in {st.root}"
+                       + "".join(f" {k}={v}" for k, v in (("dataset", dataset),
+                                                            ("backbone", backbone),
+                                                            ("variant", variant)) if v))
+    click.echo(format_compare(rows, fmt), nl=False)
 
 
 @main.command()
@@ -61,12 +53,9 @@ def query(sql, store, fmt) -> None:
 
     Example: fcn-results query "select variant, max(miou) from epochs group by variant"
     """
-    from fcn_dist.store.report import format_table, query as _query
+    from fcn_dist.report import format_table, query as _query
 
-    try:
-        click.echo(format_table(_query(_open(store), sql), fmt), nl=False)
-    except FcnError as exc:
-        _fail(exc)
+    click.echo(format_table(_query(_open(store), sql), fmt), nl=False)
 
 
 @main.command()
@@ -83,13 +72,10 @@ def query(sql, store, fmt) -> None:
               help="prepared data for the gallery (default: the runs' spec data dir)")
 def plot(store, out, dataset, backbone, run_ids, gallery, data_dir) -> None:
     """Curves, per-class IoU, confusion matrix, overlay gallery and report.html."""
-    from fcn_dist.store.report import plot as _plot
+    from fcn_dist.report import plot as _plot
 
-    try:
-        res = _plot(_open(store), out, dataset=dataset, backbone=backbone,
-                    run_ids=list(run_ids) or None, gallery=gallery, data_dir=data_dir)
-    except FcnError as exc:
-        _fail(exc)
+    res = _plot(_open(store), out, dataset=dataset, backbone=backbone,
+                run_ids=list(run_ids) or None, gallery=gallery, data_dir=data_dir)
     for name, path in res["files"].items():
         click.echo(f"{name}: {path}")
     if res["gallery_skipped"]:
@@ -102,15 +88,15 @@ def plot(store, out, dataset, backbone, run_ids, gallery, data_dir) -> None:
 @_fmt_opt
 def runs(store, dataset, fmt) -> None:
     """List the runs (id, variant, backbone, dataset, status, test mIoU, finished)."""
-    from fcn_dist.store.report import format_table
+    from fcn_dist.report import format_table
 
     cols = ["run_id", "job_id", "variant", "backbone", "dataset", "status", "miou", "epochs",
             "best_checkpoint", "finished_at"]
     try:
         tbl = _open(store).runs(filters={"dataset": dataset} if dataset else None, columns=cols)
-        click.echo(format_table(tbl.sort_by("finished_at"), fmt), nl=False)
-    except (FcnError, ValueError) as exc:
-        _fail(exc)
+    except ValueError as exc:  # the store names the unknown column
+        raise FcnError(str(exc)) from None
+    click.echo(format_table(tbl.sort_by("finished_at"), fmt), nl=False)
 
 
 @main.command()
@@ -119,16 +105,16 @@ def runs(store, dataset, fmt) -> None:
 @_fmt_opt
 def epochs(run_id, store, fmt) -> None:
     """List epoch rows (of RUN_ID, or all runs)."""
-    from fcn_dist.store.report import format_table
+    from fcn_dist.report import format_table
 
     cols = ["run_id", "variant", "epoch", "train_loss", "val_loss", "miou", "pixel_accuracy",
             "lr", "epoch_seconds", "images_per_second"]
     try:
         tbl = _open(store).epochs(filters={"run_id": run_id} if run_id else None, columns=cols)
-        click.echo(format_table(tbl.sort_by([("run_id", "ascending"), ("epoch", "ascending")]),
-                                fmt), nl=False)
-    except (FcnError, ValueError) as exc:
-        _fail(exc)
+    except ValueError as exc:  # the store names the unknown column
+        raise FcnError(str(exc)) from None
+    click.echo(format_table(tbl.sort_by([("run_id", "ascending"), ("epoch", "ascending")]),
+                            fmt), nl=False)
 
 
 @main.command()

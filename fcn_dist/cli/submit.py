@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
+from fcn_dist.cli.support import Command, redis_options
 from fcn_dist.errors import SpecError
-from fcn_dist.queue.cli_support import Command
 
 VARIANT_CHOICES = ("all", "32s", "16s", "8s")
 
@@ -45,12 +44,10 @@ def parse_variants(value: str) -> list[str]:
 @click.option("--force", is_flag=True, help="Submit even if the same job is already waiting, queued or running.")
 @click.option("--max-attempts", type=int, default=3, show_default=True,
               help="Attempts before a failing job is dead-lettered.")
-@click.option("--redis-url", default=None, metavar="URL", help="Redis URL (default $FCN_REDIS_URL).")
-@click.option("--prefix", default=lambda: os.environ.get("FCN_REDIS_PREFIX", "fcn:"),
-              show_default="fcn: or $FCN_REDIS_PREFIX", help="Key prefix of the queue.")
+@redis_options
 @click.option("--json", "as_json", is_flag=True, help="Print the submissions as JSON.")
 def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[str, ...],
-         priority: int, staged: bool, force: bool, max_attempts: int, redis_url: str | None,
+         priority: int, staged: bool, force: bool, max_attempts: int, redis_url: str,
          prefix: str, as_json: bool) -> None:
     """Submit training jobs; prints one job id per line (an existing id for a duplicate)."""
     from fcn_dist.queue.redis_queue import JobQueue

@@ -16,7 +16,7 @@ import threading
 
 import click
 
-from fcn_dist.queue.cli_support import Command
+from fcn_dist.cli.support import Command
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})

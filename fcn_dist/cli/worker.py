@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
-from fcn_dist.queue.cli_support import Command
+from fcn_dist.cli.support import Command, redis_options
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", default=None, metavar="URL", help="Redis URL (default $FCN_REDIS_URL).")
-@click.option("--prefix", default=lambda: os.environ.get("FCN_REDIS_PREFIX", "fcn:"),
-              show_default="fcn: or $FCN_REDIS_PREFIX", help="Key prefix of the queue.")
+@redis_options
 @click.option("--ray-address", default=None, metavar="auto|ADDR",
               help="Ray cluster to run jobs on (passed to fcn_dist.train.run); default: local Ray.")
 @click.option("--until-empty", is_flag=True,
@@ -35,7 +32,7 @@ from fcn_dist.queue.cli_support import Command
 @click.option("--worker-id", default=None, help="Worker name (default host-pid-random).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(redis_url: str | None, prefix: str, ray_address: str | None, until_empty: bool,
+def main(redis_url: str, prefix: str, ray_address: str | None, until_empty: bool,
          max_jobs: int | None, lease_seconds: float, heartbeat_seconds: float | None,
          poll_interval: float, retry_backoff: float, retry_backoff_max: float,
          run_fn: str | None, worker_id: str | None, log_level: str) -> None:

@@ -1,5 +1,7 @@
-"""Results store: Parquet tables ``epochs`` and ``runs`` (see :mod:`fcn_dist.store.parquet`)
-and the reports over them (:mod:`fcn_dist.store.report`)."""
+"""Results store: Parquet tables ``epochs`` and ``runs`` (see :mod:`fcn_dist.store.parquet`).
+
+Reports over them (compare, query, plots, report.html) live in :mod:`fcn_dist.report`.
+"""
 
 from fcn_dist.store.parquet import (
     EPOCH_SCHEMA,

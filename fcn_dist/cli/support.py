@@ -1,18 +1,22 @@
-"""Click plumbing shared by the queue CLIs: every error is one ``error: ...`` line on stderr.
+"""Click plumbing shared by every ``fcn-*`` CLI: each error is one ``error: ...`` line on stderr.
 
 Usage errors and :class:`~fcn_dist.errors.SpecError` exit 2; runtime failures (unknown job,
-unreachable Redis) exit 1. No traceback reaches the user.
+unreachable Redis) exit 1. A CLI whose user errors are all about its input (``fcn-data``,
+``fcn-bench``) passes ``fcn_error_code=2``. No traceback reaches the user.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import click
 
+from fcn_dist import config
 from fcn_dist.errors import FcnError, SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(msg: str, code: int) -> None:
@@ -22,6 +26,10 @@ def _fail(msg: str, code: int) -> None:
 
 
 class _OneLineErrors:
+    def __init__(self, *args: Any, fcn_error_code: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.fcn_error_code = fcn_error_code  # exit status of an FcnError (not a SpecError)
+
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
@@ -39,7 +47,7 @@ class _OneLineErrors:
         except SpecError as e:
             _fail(str(e), 2)
         except FcnError as e:
-            _fail(str(e), 1)
+            _fail(str(e), self.fcn_error_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
@@ -56,3 +64,14 @@ class Command(_OneLineErrors, click.Command):
 
 class Group(_OneLineErrors, click.Group):
     """A click group whose errors (its subcommands' included) are one line."""
+
+
+def redis_options(f: F) -> F:
+    """``--redis-url`` and ``--prefix`` of the queue, resolved through :mod:`fcn_dist.config`
+    (flag, else ``$FCN_REDIS_URL`` / ``$FCN_REDIS_PREFIX``, else the local default)."""
+    f = click.option("--prefix", default=None, show_default="fcn: or $FCN_REDIS_PREFIX",
+                     callback=lambda _ctx, _param, v: config.redis_prefix(v),
+                     help="Key prefix of the queue.")(f)
+    return click.option("--redis-url", default=None, metavar="URL",
+                        callback=lambda _ctx, _param, v: config.redis_url(v),
+                        help="Redis URL (default $FCN_REDIS_URL).")(f)
