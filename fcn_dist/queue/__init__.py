@@ -4,6 +4,7 @@ Importing this package is cheap: the training stack is imported only when the de
 function runs.
 """
 
+from fcn_dist.errors import Interrupted, is_interruption
 from fcn_dist.queue.job import (
     ACTIVE_STATES,
     DEFAULT_MAX_ATTEMPTS,
@@ -15,7 +16,7 @@ from fcn_dist.queue.job import (
     idempotency_key,
 )
 from fcn_dist.queue.redis_queue import DEFAULT_PREFIX, JobQueue, LeaseLost, RedisUnavailable, redact_url
-from fcn_dist.queue.worker import Interrupted, Worker, is_interruption, load_run_fn, train_run_fn
+from fcn_dist.queue.worker import Worker, load_run_fn, train_run_fn
 
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_PREFIX", "STATES", "TERMINAL_STATES",
