@@ -109,6 +109,47 @@ class RedisServer:
         self.proc = None
 
 
+# --------------------------------------------------------------------------- records and scripts
+def test_every_lua_script_is_loaded_and_registered(queue):
+    from importlib.resources import files
+
+    from fcn_dist.queue.redis_queue import _SCRIPTS, _lua_sources
+
+    shipped = {p.name for p in (files("fcn_dist.queue") / "lua").iterdir() if p.name.endswith(".lua")}
+    assert shipped == {f"{n}.lua" for n in _SCRIPTS} | {"prelude.lua"}
+    prelude = (files("fcn_dist.queue") / "lua" / "prelude.lua").read_text()
+    assert set(_lua_sources()) == set(queue._scripts) == set(_SCRIPTS)
+    for name, src in _lua_sources().items():
+        assert src.startswith(prelude) and src.splitlines()[len(prelude.splitlines())].startswith("-- ARGV:")
+    queue.pending()  # a script runs (redis-py loads it on first use)
+    assert queue.redis.script_exists(queue._scripts["pending"].sha) == [True]
+
+
+def test_job_record_fields_are_parsed_from_the_hash():
+    from fcn_dist.queue import ACTIVE_STATES, STATES, TERMINAL_STATES, Job, JobState
+
+    assert STATES == ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
+    assert ACTIVE_STATES == ("waiting", "queued", "running")
+    assert TERMINAL_STATES == ("succeeded", "failed", "cancelled")
+    h = {"id": "abc", "state": "running", "spec": '{"epochs": 2}', "variant": "16s", "attempts": "2",
+         "max_attempts": "", "priority": "-5", "created_at": "12.5", "retry_at": "", "heartbeat_at": "x",
+         "result": '{"miou": 0.5}', "dashboard": "{not json", "cancel_requested": "1", "error": "",
+         "worker": "w1", "score": "7"}
+    job = Job.from_hash(h)
+    assert job == Job(id="abc", state="running", spec_json='{"epochs": 2}', variant="16s", attempts=2,
+                      max_attempts=3, priority=-5, created_at=12.5, result={"miou": 0.5},
+                      cancel_requested=True, worker="w1", raw=h)
+    assert job.state is JobState.RUNNING and job.state == "running" and f"{job.state}" == "running"
+    assert job.state in {"running"} and job.state in ACTIVE_STATES
+    assert Job.from_hash({"result": "{bad"}).result == {"unparsed": "{bad"}
+    empty = Job.from_hash({})
+    assert (empty.id, empty.state, empty.spec_json, empty.result) == ("", "", "{}", None)
+    assert Job.from_hash({"state": "bogus"}).state == "bogus"  # a tampered record, shown as is
+    d = job.to_dict()
+    assert type(d["state"]) is str and d["spec"] == {"epochs": 2}
+    assert "raw" not in d and "spec_json" not in d and list(d)[:2] == ["id", "state"]
+
+
 # --------------------------------------------------------------------------- basics
 def test_submit_claim_complete_records_everything(queue):
     sub = queue.submit(mkspec("basic", "32s"), priority=3, max_attempts=2)
@@ -311,11 +352,15 @@ def test_interruption_releases_without_counting_the_attempt(queue):
     assert job.state == "queued" and job.attempts == 0 and w.outcomes == [(jid, "released")]
     assert queue.history(jid)[-1]["event"] == "released"
 
-    class Interrupted2(Exception):
+    class TrainInterrupted(Interrupted):  # e.g. fcn_dist.train.Interrupted
         pass
 
-    Interrupted2.__name__ = "Interrupted"  # e.g. fcn_dist.train.Interrupted, not a subclass
-    assert is_interruption(Interrupted2()) and not is_interruption(RuntimeError())
+    class Lookalike(Exception):
+        pass
+
+    Lookalike.__name__ = "Interrupted"  # a type check, not a name check
+    assert is_interruption(TrainInterrupted()) and is_interruption(KeyboardInterrupt())
+    assert not is_interruption(Lookalike()) and not is_interruption(RuntimeError())
 
 
 # --------------------------------------------------------------------------- cancel

@@ -4,24 +4,22 @@ Importing this package is cheap: the training stack is imported only when the de
 function runs.
 """
 
-from fcn_dist.queue.redis_queue import (
+from fcn_dist.errors import Interrupted, is_interruption
+from fcn_dist.queue.job import (
     ACTIVE_STATES,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PREFIX,
     STATES,
     TERMINAL_STATES,
     Job,
-    JobQueue,
-    LeaseLost,
-    RedisUnavailable,
+    JobState,
     Submission,
     idempotency_key,
-    redact_url,
 )
-from fcn_dist.queue.worker import Interrupted, Worker, is_interruption, load_run_fn, train_run_fn
+from fcn_dist.queue.redis_queue import DEFAULT_PREFIX, JobQueue, LeaseLost, RedisUnavailable, redact_url
+from fcn_dist.queue.worker import Worker, load_run_fn, train_run_fn
 
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_PREFIX", "STATES", "TERMINAL_STATES",
-    "Interrupted", "Job", "JobQueue", "LeaseLost", "RedisUnavailable", "Submission", "Worker",
-    "idempotency_key", "is_interruption", "load_run_fn", "redact_url", "train_run_fn",
+    "Interrupted", "Job", "JobQueue", "JobState", "LeaseLost", "RedisUnavailable", "Submission",
+    "Worker", "idempotency_key", "is_interruption", "load_run_fn", "redact_url", "train_run_fn",
 ]

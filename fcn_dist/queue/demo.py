@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any, Callable
 
-from fcn_dist.queue.worker import Interrupted
+from fcn_dist.errors import Interrupted
 
 
 def _record(kind: str, job_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The job queue: job records and atomic state transitions on Redis.
+"""The job queue on Redis: its keys and the atomic state transitions of job records.
 
 ## Redis data model
 
@@ -25,14 +25,8 @@ lives on one Redis node (for Redis Cluster put a hash tag in the prefix, e.g. `{
 | `P workers` | zset | worker id -> last time it claimed or heartbeated (ms) |
 | `P seq` | string | submission counter (FIFO order) |
 
-Job record fields (`P job:<id>`): `id`, `spec` (the validated `JobSpec` as canonical JSON, never
-pickle), `variant`, `backbone`, `name`, `state`, `attempts`, `max_attempts`, `priority`, `score`,
-`seq`, `created_at`, `updated_at`, `started_at`, `finished_at`, `heartbeat_at` (seconds since the
-epoch, server clock), `worker` (last claimer), `lease_deadline`, `retry_at`, `error` (one line),
-`traceback` (tail), `result` (the run's JSON result summary), `depends_on` (parent job id for
-staged chains), `init_from` (the parent's `best_checkpoint`, set when the parent succeeds),
-`idem_key`, `run_dir`, `cancel_requested` (`1` while a running job is being cancelled),
-`cancel_reason`, `cancelled_by_parent`.
+The fields of a job record (`P job:<id>`) are listed in `fcn_dist.queue.job`. Each transition
+is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in front.
 
 ### States and transitions
 
@@ -78,12 +72,11 @@ staged chains), `init_from` (the parent's `best_checkpoint`, set when the parent
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
+import importlib.resources
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
-from functools import wraps
 from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,12 +86,10 @@ from redis.retry import Retry
 
 from fcn_dist import config
 from fcn_dist.errors import QueueError
+from fcn_dist.queue.job import DEFAULT_MAX_ATTEMPTS, STATES, Job, Submission, idempotency_key
+from fcn_dist.spec import VARIANTS, variant_order
 
-STATES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATES = ("waiting", "queued", "running")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_PREFIX = "fcn:"
-DEFAULT_MAX_ATTEMPTS = 3
 PRIORITY_LIMIT = 1000  # |priority| <= 1000 keeps ready-queue scores exact in a double
 EVENTS_MAXLEN = 10000
 LOG_LINES_MAX = 2000
@@ -134,534 +125,26 @@ def redact_url(url: str) -> str:
 
 
 # --------------------------------------------------------------------------- Lua scripts
-# One prelude shared by every script: the clock, key helpers, history/event recording and the
-# cascades. ARGV[1] is always the key prefix.
-_PRELUDE = r"""
-local P = ARGV[1]
-local T = redis.call('TIME')
-local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
-local NOWS = string.format('%.3f', NOW / 1000)
-local function jkey(id) return P .. 'job:' .. id end
-local function hget(id, f) return redis.call('HGET', jkey(id), f) end
-
--- record an event; `new` may be nil (state unchanged)
-local function record(id, event, new, reason, worker)
-  local jk = jkey(id)
-  local old = redis.call('HGET', jk, 'state') or ''
-  local to = old
-  if new then
-    to = new
-    if old ~= '' then redis.call('SREM', P .. 'state:' .. old, id) end
-    redis.call('SADD', P .. 'state:' .. new, id)
-    redis.call('HSET', jk, 'state', new)
-  end
-  redis.call('HSET', jk, 'updated_at', NOWS)
-  local attempts = redis.call('HGET', jk, 'attempts') or '0'
-  reason = reason or ''
-  worker = worker or ''
-  redis.call('RPUSH', P .. 'hist:' .. id, cjson.encode({t = NOW / 1000, event = event, from = old,
-    to = to, reason = reason, worker = worker, attempt = tonumber(attempts)}))
-  redis.call('LTRIM', P .. 'hist:' .. id, -200, -1)
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', 10000, '*', 'job', id, 'event', event,
-    'from', old, 'to', to, 'reason', reason, 'worker', worker, 'attempt', attempts)
-end
-
-local function touch_worker(w)
-  if w and w ~= '' then redis.call('ZADD', P .. 'workers', NOW, w) end
-end
-
-local function drop_from_queues(id)
-  redis.call('ZREM', P .. 'ready', id)
-  redis.call('ZREM', P .. 'delayed', id)
-  redis.call('ZREM', P .. 'running', id)
-end
-
-local function clear_idem(id)
-  local k = hget(id, 'idem_key')
-  if k and k ~= '' and redis.call('HGET', P .. 'idem', k) == id then
-    redis.call('HDEL', P .. 'idem', k)
-  end
-end
-
-local function enqueue(id)
-  redis.call('ZADD', P .. 'ready', hget(id, 'score'), id)
-end
-
--- cancel the waiting/queued descendants of `root` ("parent job X failed|was cancelled")
-local function cascade_cancel(root, how)
-  local stack = {{root, how}}
-  while #stack > 0 do
-    local item = table.remove(stack)
-    local pid, phow = item[1], item[2]
-    for _, cid in ipairs(redis.call('SMEMBERS', P .. 'children:' .. pid)) do
-      local st = hget(cid, 'state')
-      if st == 'waiting' or st == 'queued' then
-        local reason = 'parent job ' .. pid .. ' ' .. phow
-        drop_from_queues(cid)
-        redis.call('HSET', jkey(cid), 'finished_at', NOWS, 'error', reason,
-          'cancel_reason', reason, 'cancelled_by_parent', '1')
-        record(cid, 'cancelled', 'cancelled', reason, '')
-        clear_idem(cid)
-        table.insert(stack, {cid, 'was cancelled'})
-      end
-    end
-  end
-end
-
-local function finish(id, state, reason, worker)
-  drop_from_queues(id)
-  redis.call('HSET', jkey(id), 'finished_at', NOWS, 'cancel_requested', '0')
-  clear_idem(id)
-  record(id, state, state, reason, worker)
-  if state == 'failed' then
-    redis.call('LPUSH', P .. 'dead', id)
-    cascade_cancel(id, 'failed')
-  elseif state == 'cancelled' then
-    redis.call('HSET', jkey(id), 'cancel_reason', reason)
-    cascade_cancel(id, 'was cancelled')
-  end
-end
-
-local function best_checkpoint(result)
-  local ok, dec = pcall(cjson.decode, result or '')
-  if ok and type(dec) == 'table' and type(dec['best_checkpoint']) == 'string' then
-    return dec['best_checkpoint']
-  end
-  return ''
-end
-
--- the parent succeeded: its waiting children become queued with init_from = its checkpoint
-local function release_children(pid)
-  local ckpt = best_checkpoint(hget(pid, 'result'))
-  for _, cid in ipairs(redis.call('SMEMBERS', P .. 'children:' .. pid)) do
-    if hget(cid, 'state') == 'waiting' then
-      redis.call('HSET', jkey(cid), 'init_from', ckpt)
-      enqueue(cid)
-      record(cid, 'queued', 'queued', 'parent job ' .. pid .. ' succeeded', '')
-    end
-  end
-end
-
-local function promote_due()
-  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', P .. 'delayed', id)
-    if hget(id, 'state') == 'queued' then enqueue(id) end
-  end
-end
-
--- score for the ready queue: high priority first, FIFO (fresh sequence number) within one
-local function new_score(id)
-  local seq = redis.call('INCR', P .. 'seq')
-  local score = -tonumber(hget(id, 'priority')) * 1099511627776 + seq
-  redis.call('HSET', jkey(id), 'score', string.format('%.0f', score))
-  return seq
-end
-"""
-
-# ARGV: P, id, idem_key, force, priority, max_attempts, depends_on, spec, variant, name,
-#       backbone, run_dir  ->  {id, created(1|0), state}
-_SUBMIT = r"""
-local id, idem, force, dep = ARGV[2], ARGV[3], ARGV[4], ARGV[7]
-if idem ~= '' and force ~= '1' then
-  local ex = redis.call('HGET', P .. 'idem', idem)
-  if ex then
-    local st = hget(ex, 'state')
-    if st == 'queued' or st == 'running' or st == 'waiting' then return {ex, 0, st} end
-  end
-end
-local pst = nil
-if dep ~= '' then
-  pst = hget(dep, 'state')
-  if not pst then return redis.error_reply('unknown parent job ' .. dep) end
-end
-local jk = jkey(id)
-redis.call('HSET', jk, 'id', id, 'spec', ARGV[8], 'variant', ARGV[9], 'name', ARGV[10],
-  'backbone', ARGV[11], 'priority', ARGV[5], 'max_attempts', ARGV[6], 'attempts', 0,
-  'created_at', NOWS, 'depends_on', dep, 'idem_key', idem, 'run_dir', ARGV[12],
-  'init_from', '', 'worker', '', 'error', '', 'cancel_requested', '0')
-local seq = new_score(id)
-redis.call('HSET', jk, 'seq', seq)
-redis.call('ZADD', P .. 'jobs', seq, id)
-if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
-if dep == '' then
-  enqueue(id)
-  record(id, 'submitted', 'queued', 'submitted', '')
-  return {id, 1, 'queued'}
-end
-redis.call('SADD', P .. 'children:' .. dep, id)
-if pst == 'succeeded' then
-  redis.call('HSET', jk, 'init_from', best_checkpoint(hget(dep, 'result')))
-  enqueue(id)
-  record(id, 'submitted', 'queued', 'submitted; parent job ' .. dep .. ' already succeeded', '')
-  return {id, 1, 'queued'}
-end
-if pst == 'failed' or pst == 'cancelled' then
-  local reason = 'parent job ' .. dep .. ' is ' .. pst
-  redis.call('HSET', jk, 'finished_at', NOWS, 'error', reason, 'cancel_reason', reason,
-    'cancelled_by_parent', '1')
-  clear_idem(id)
-  record(id, 'cancelled', 'cancelled', reason, '')
-  return {id, 1, 'cancelled'}
-end
-record(id, 'submitted', 'waiting', 'waiting for parent job ' .. dep, '')
-return {id, 1, 'waiting'}
-"""
-
-# ARGV: P, worker, lease_ms -> HGETALL of the claimed job, or false
-_CLAIM = r"""
-local worker = ARGV[2]
-touch_worker(worker)
-promote_due()
-for i = 1, 100 do
-  local top = redis.call('ZRANGE', P .. 'ready', 0, 0)
-  if #top == 0 then return false end
-  local id = top[1]
-  redis.call('ZREM', P .. 'ready', id)
-  if hget(id, 'state') == 'queued' then
-    local jk = jkey(id)
-    local deadline = NOW + tonumber(ARGV[3])
-    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('HSET', jk, 'worker', worker, 'lease_deadline', string.format('%.3f', deadline / 1000),
-      'started_at', NOWS, 'heartbeat_at', NOWS, 'cancel_requested', '0', 'retry_at', '')
-    redis.call('ZADD', P .. 'running', deadline, id)
-    record(id, 'claimed', 'running', 'attempt ' .. attempts .. ' of ' .. hget(id, 'max_attempts'), worker)
-    return redis.call('HGETALL', jk)
-  end
-end
-return false
-"""
-
-# ARGV: P, id, worker, lease_ms -> 'ok' | 'cancel' | 'lost'
-_HEARTBEAT = r"""
-local id, worker = ARGV[2], ARGV[3]
-touch_worker(worker)
-if hget(id, 'state') ~= 'running' or hget(id, 'worker') ~= worker then return 'lost' end
-local deadline = NOW + tonumber(ARGV[4])
-redis.call('ZADD', P .. 'running', deadline, id)
-redis.call('HSET', jkey(id), 'lease_deadline', string.format('%.3f', deadline / 1000),
-  'heartbeat_at', NOWS)
-if hget(id, 'cancel_requested') == '1' then return 'cancel' end
-return 'ok'
-"""
-
-# ARGV: P, id, worker, result_json -> 'ok' | 'lost'
-_COMPLETE = r"""
-local id, worker = ARGV[2], ARGV[3]
-local st = hget(id, 'state')
-if hget(id, 'worker') ~= worker then return 'lost' end
-if st == 'succeeded' then return 'ok' end  -- a repeated call after a lost reply
-if st ~= 'running' then return 'lost' end
-redis.call('HSET', jkey(id), 'result', ARGV[4], 'error', '', 'traceback', '')
-finish(id, 'succeeded', 'completed', worker)
-release_children(id)
-return 'ok'
-"""
-
-# ARGV: P, id, worker, error, traceback, backoff_base_ms, backoff_max_ms, retryable
-#   -> 'queued' (retry scheduled) | 'failed' | 'lost'
-_FAIL = r"""
-local id, worker, err = ARGV[2], ARGV[3], ARGV[4]
-local st = hget(id, 'state')
-if hget(id, 'worker') ~= worker then return 'lost' end
-if st ~= 'running' then
-  if st == 'failed' or st == 'queued' then return st end  -- a repeated call after a lost reply
-  return 'lost'
-end
-redis.call('ZREM', P .. 'running', id)
-redis.call('HSET', jkey(id), 'error', err, 'traceback', ARGV[5])
-local attempts = tonumber(hget(id, 'attempts'))
-local maxa = tonumber(hget(id, 'max_attempts'))
-if ARGV[8] == '1' and attempts < maxa and hget(id, 'cancel_requested') ~= '1' then
-  local delay = math.min(tonumber(ARGV[6]) * (2 ^ (attempts - 1)), tonumber(ARGV[7]))
-  local due = NOW + math.floor(delay)
-  redis.call('ZADD', P .. 'delayed', due, id)
-  redis.call('HSET', jkey(id), 'retry_at', string.format('%.3f', due / 1000))
-  record(id, 'retry_scheduled', 'queued', 'attempt ' .. attempts .. ' of ' .. maxa .. ' failed: '
-    .. err .. '; retry in ' .. string.format('%.1f', delay / 1000) .. 's', worker)
-  return 'queued'
-end
-if hget(id, 'cancel_requested') == '1' then
-  finish(id, 'cancelled', hget(id, 'cancel_reason') or 'cancelled', worker)
-  return 'cancelled'
-end
-local why = 'attempt ' .. attempts .. ' of ' .. maxa .. ' failed: ' .. err
-if ARGV[8] ~= '1' then why = 'failed (not retryable): ' .. err end
-finish(id, 'failed', why, worker)
-return 'failed'
-"""
-
-# ARGV: P, id, worker, reason -> 'ok' | 'lost'
-_RELEASE = r"""
-local id, worker = ARGV[2], ARGV[3]
-if hget(id, 'state') ~= 'running' or hget(id, 'worker') ~= worker then return 'lost' end
-redis.call('ZREM', P .. 'running', id)
-local attempts = tonumber(hget(id, 'attempts'))
-if attempts > 0 then redis.call('HINCRBY', jkey(id), 'attempts', -1) end
-if hget(id, 'cancel_requested') == '1' then
-  finish(id, 'cancelled', hget(id, 'cancel_reason') or 'cancelled', worker)
-  return 'cancelled'
-end
-enqueue(id)
-record(id, 'released', 'queued', ARGV[4], worker)
-return 'ok'
-"""
-
-# ARGV: P, id, worker, reason -> 'ok' | 'lost'   (a running job stopped because of a cancel)
-_ACK_CANCEL = r"""
-local id, worker = ARGV[2], ARGV[3]
-local st = hget(id, 'state')
-if hget(id, 'worker') ~= worker then return 'lost' end
-if st == 'cancelled' then return 'ok' end
-if st ~= 'running' then return 'lost' end
-local reason = hget(id, 'cancel_reason')
-if not reason or reason == '' then reason = ARGV[4] end
-redis.call('HSET', jkey(id), 'error', reason)
-finish(id, 'cancelled', reason, worker)
-return 'ok'
-"""
-
-# ARGV: P, id, reason -> {new_state}  ('cancelled' | 'cancelling' | unchanged terminal state)
-_CANCEL = r"""
-local id, reason = ARGV[2], ARGV[3]
-local st = hget(id, 'state')
-if not st then return redis.error_reply('unknown job ' .. id) end
-if st == 'queued' or st == 'waiting' then
-  redis.call('HSET', jkey(id), 'error', reason)
-  finish(id, 'cancelled', reason, '')
-  return 'cancelled'
-end
-if st == 'running' then
-  if hget(id, 'cancel_requested') ~= '1' then
-    redis.call('HSET', jkey(id), 'cancel_requested', '1', 'cancel_reason', reason)
-    record(id, 'cancel_requested', nil, reason, '')
-  end
-  return 'cancelling'
-end
-return st
-"""
-
-# ARGV: P, id -> new state, or an error
-_RETRY = r"""
-local function revive(id, new_state, reason)
-  redis.call('LREM', P .. 'dead', 0, id)
-  redis.call('HSET', jkey(id), 'attempts', 0, 'cancel_requested', '0', 'cancel_reason', '',
-    'cancelled_by_parent', '', 'finished_at', '', 'retry_at', '', 'error', '', 'traceback', '',
-    'result', '')
-  local k = hget(id, 'idem_key')
-  if k and k ~= '' then
-    local cur = redis.call('HGET', P .. 'idem', k)
-    local cst = cur and hget(cur, 'state')
-    if not cur or not (cst == 'queued' or cst == 'running' or cst == 'waiting') then
-      redis.call('HSET', P .. 'idem', k, id)
-    end
-  end
-  new_score(id)
-  if new_state == 'queued' then enqueue(id) end
-  record(id, 'retried', new_state, reason, '')
-end
-local id = ARGV[2]
-local st = hget(id, 'state')
-if not st then return redis.error_reply('unknown job ' .. id) end
-if st ~= 'failed' and st ~= 'cancelled' then
-  return redis.error_reply('job ' .. id .. ' is ' .. st .. '; only failed or cancelled jobs can be retried')
-end
-local dep = hget(id, 'depends_on')
-local new_state = 'queued'
-if dep and dep ~= '' then
-  local pst = hget(dep, 'state')
-  if pst == 'failed' or pst == 'cancelled' then
-    return redis.error_reply('job ' .. id .. ' waits for parent job ' .. dep .. ', which is ' .. pst
-      .. '; retry the parent (its staged children follow it)')
-  elseif pst == 'succeeded' then
-    redis.call('HSET', jkey(id), 'init_from', best_checkpoint(hget(dep, 'result')))
-  else
-    new_state = 'waiting'
-  end
-end
-revive(id, new_state, 'retried by user')
--- staged children cancelled because of this job wait for it again
-local stack = {id}
-while #stack > 0 do
-  local pid = table.remove(stack)
-  for _, cid in ipairs(redis.call('SMEMBERS', P .. 'children:' .. pid)) do
-    if hget(cid, 'state') == 'cancelled' and hget(cid, 'cancelled_by_parent') == '1' then
-      revive(cid, 'waiting', 'parent job ' .. pid .. ' retried')
-      table.insert(stack, cid)
-    end
-  end
-end
-return new_state
-"""
-
-# ARGV: P, limit -> list of job ids whose lease expired (requeued, dead-lettered or cancelled)
-_REAP = r"""
-promote_due()
-local out = {}
-local expired = redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(expired) do
-  redis.call('ZREM', P .. 'running', id)
-  if hget(id, 'state') == 'running' then
-    local w = hget(id, 'worker') or ''
-    local attempts = tonumber(hget(id, 'attempts'))
-    local maxa = tonumber(hget(id, 'max_attempts'))
-    if hget(id, 'cancel_requested') == '1' then
-      local reason = (hget(id, 'cancel_reason') or 'cancelled') .. ' (worker ' .. w .. ' stopped heartbeating)'
-      redis.call('HSET', jkey(id), 'error', reason)
-      finish(id, 'cancelled', reason, w)
-    elseif attempts >= maxa then
-      local err = 'lease expired: worker ' .. w .. ' stopped heartbeating (attempt ' .. attempts
-        .. ' of ' .. maxa .. ')'
-      redis.call('HSET', jkey(id), 'error', err, 'traceback', '')
-      finish(id, 'failed', err, w)
-    else
-      enqueue(id)
-      record(id, 'lease_expired', 'queued', 'lease of worker ' .. w .. ' expired (attempt ' .. attempts
-        .. ' of ' .. maxa .. ' used)', w)
-    end
-    table.insert(out, id)
-  end
-end
-return out
-"""
-
-# ARGV: P -> {ready, delayed, running, due_in_ms of the next delayed job or -1}
-_PENDING = r"""
-local nxt = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-local due = -1
-if #nxt > 0 then due = math.max(0, tonumber(nxt[2]) - NOW) end
-return {redis.call('ZCARD', P .. 'ready'), redis.call('ZCARD', P .. 'delayed'),
-  redis.call('ZCARD', P .. 'running'), due}
-"""
+# One script per state change; each is run with the shared prelude (the clock, key helpers,
+# history/event recording, the cascades) in front. ARGV[1] is always the key prefix.
+_SCRIPTS = ("submit", "claim", "heartbeat", "complete", "fail", "release", "ack_cancel", "cancel",
+            "retry", "reap", "pending")
 
 
-# --------------------------------------------------------------------------- job record
-def _f(v: str | None) -> float | None:
-    try:
-        return float(v) if v not in (None, "") else None
-    except ValueError:
-        return None
+@functools.cache
+def _lua_sources() -> dict[str, str]:
+    """Each script's source with the prelude in front, read once per process."""
+    lua = importlib.resources.files("fcn_dist.queue") / "lua"
+    prelude = (lua / "prelude.lua").read_text(encoding="utf-8")
+    return {name: prelude + (lua / f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
 
 
-@dataclass
-class Job:
-    """A read-only view of one job record (``P job:<id>``)."""
-
-    id: str
-    state: str
-    spec_json: str
-    variant: str = ""
-    backbone: str = ""
-    name: str = ""
-    attempts: int = 0
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    priority: int = 0
-    created_at: float | None = None
-    updated_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    heartbeat_at: float | None = None
-    lease_deadline: float | None = None
-    retry_at: float | None = None
-    worker: str = ""
-    error: str = ""
-    traceback: str = ""
-    result: dict[str, Any] | None = None
-    depends_on: str = ""
-    init_from: str = ""
-    idem_key: str = ""
-    run_dir: str = ""
-    dashboard: dict[str, str] | None = None  # Ray dashboard links, recorded by the worker
-    cancel_requested: bool = False
-    cancel_reason: str = ""
-    raw: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_hash(cls, h: dict[str, str]) -> "Job":
-        """Build from the ``HGETALL`` of a job record."""
-        result = None
-        if h.get("result"):
-            try:
-                result = json.loads(h["result"])
-            except ValueError:
-                result = {"unparsed": h["result"]}
-        dashboard = None
-        if h.get("dashboard"):
-            try:
-                dashboard = json.loads(h["dashboard"])
-            except ValueError:
-                dashboard = None
-        return cls(
-            id=h.get("id", ""),
-            state=h.get("state", ""),
-            spec_json=h.get("spec", "{}"),
-            variant=h.get("variant", ""),
-            backbone=h.get("backbone", ""),
-            name=h.get("name", ""),
-            attempts=int(h.get("attempts") or 0),
-            max_attempts=int(h.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
-            priority=int(h.get("priority") or 0),
-            created_at=_f(h.get("created_at")),
-            updated_at=_f(h.get("updated_at")),
-            started_at=_f(h.get("started_at")),
-            finished_at=_f(h.get("finished_at")),
-            heartbeat_at=_f(h.get("heartbeat_at")),
-            lease_deadline=_f(h.get("lease_deadline")),
-            retry_at=_f(h.get("retry_at")),
-            worker=h.get("worker", ""),
-            error=h.get("error", ""),
-            traceback=h.get("traceback", ""),
-            result=result,
-            depends_on=h.get("depends_on", ""),
-            init_from=h.get("init_from", ""),
-            idem_key=h.get("idem_key", ""),
-            run_dir=h.get("run_dir", ""),
-            dashboard=dashboard,
-            cancel_requested=h.get("cancel_requested") == "1",
-            cancel_reason=h.get("cancel_reason", ""),
-            raw=dict(h),
-        )
-
-    @property
-    def spec(self):
-        """The job's :class:`~fcn_dist.spec.JobSpec`, parsed and validated from its JSON."""
-        from fcn_dist.spec import JobSpec
-
-        return JobSpec.from_json(self.spec_json, source=f"job {self.id} spec")
-
-    @property
-    def spec_dict(self) -> dict[str, Any]:
-        """The spec as a plain dict (no validation; for display)."""
-        try:
-            return json.loads(self.spec_json)
-        except ValueError:
-            return {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of the record (spec as a dict)."""
-        d = {k: v for k, v in self.__dict__.items() if k not in ("raw", "spec_json")}
-        d["spec"] = self.spec_dict
-        return d
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What :meth:`JobQueue.submit` did: the job id, whether it is new, and its state."""
-
-    id: str
-    created: bool
-    state: str
-    variant: str = ""
-
-
-def idempotency_key(spec_json: str, chain: str = "") -> str:
-    """The idempotency key of a spec: sha256 of its canonical JSON (variant included) and its
-    position in a staged chain (``""`` for a stand-alone job)."""
-    return hashlib.sha256(f"v1\n{spec_json}\n{chain}".encode()).hexdigest()[:32]
+def _lease_lost(job_id: str, worker_id: str) -> LeaseLost:
+    return LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
 
 
 def _wrap_redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    @wraps(fn)
+    @functools.wraps(fn)
     def inner(self: "JobQueue", *a: Any, **kw: Any) -> T:
         try:
             return fn(self, *a, **kw)
@@ -723,18 +206,8 @@ class JobQueue:
             )
         except ValueError as e:
             raise QueueError(f"invalid redis url {self.safe_url}: {e}") from None
-        r = self.redis
-        self._submit = r.register_script(_PRELUDE + _SUBMIT)
-        self._claim = r.register_script(_PRELUDE + _CLAIM)
-        self._heartbeat = r.register_script(_PRELUDE + _HEARTBEAT)
-        self._complete = r.register_script(_PRELUDE + _COMPLETE)
-        self._fail = r.register_script(_PRELUDE + _FAIL)
-        self._release = r.register_script(_PRELUDE + _RELEASE)
-        self._ack_cancel = r.register_script(_PRELUDE + _ACK_CANCEL)
-        self._cancel = r.register_script(_PRELUDE + _CANCEL)
-        self._retry = r.register_script(_PRELUDE + _RETRY)
-        self._reap = r.register_script(_PRELUDE + _REAP)
-        self._pending = r.register_script(_PRELUDE + _PENDING)
+        self._scripts = {name: self.redis.register_script(src)
+                         for name, src in _lua_sources().items()}
 
     def __repr__(self) -> str:
         return f"JobQueue({self.safe_url!r}, prefix={self.prefix!r})"
@@ -746,6 +219,10 @@ class JobQueue:
     def key(self, *parts: str) -> str:
         """The full Redis key for ``parts`` (``key('job', id)`` -> ``fcn:job:<id>``)."""
         return self.prefix + ":".join(parts)
+
+    def _run(self, script: str, *args: Any) -> Any:
+        """Run one of the Lua scripts; the prefix is always its first argument."""
+        return self._scripts[script](args=[self.prefix, *args])
 
     # ------------------------------------------------------------------ connection
     @_wrap_redis_errors
@@ -796,10 +273,8 @@ class JobQueue:
         spec_json = spec.to_json()
         jid = job_id or uuid.uuid4().hex[:12]
         idem = idempotency_key(spec_json, chain)
-        out = self._submit(args=[
-            self.prefix, jid, idem, "1" if force else "0", int(priority), int(max_attempts),
-            depends_on or "", spec_json, spec.variant, spec.name, spec.backbone, "",
-        ])
+        out = self._run("submit", jid, idem, "1" if force else "0", int(priority), int(max_attempts),
+                        depends_on or "", spec_json, spec.variant, spec.name, spec.backbone, "")
         return Submission(id=out[0], created=bool(int(out[1])), state=out[2], variant=spec.variant)
 
     def submit_variants(self, spec, variants: Iterable[str], *, staged: bool = False,
@@ -807,13 +282,12 @@ class JobQueue:
                         force: bool = False) -> list[Submission]:
         """Submit ``spec`` once per variant. ``staged``: a chain in 32s -> 16s -> 8s order where
         each job waits for the previous one and starts from its best checkpoint."""
-        order = {"32s": 0, "16s": 1, "8s": 2}
         variants = list(dict.fromkeys(variants))
-        unknown = [v for v in variants if v not in order]
+        unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
-            raise QueueError(f"unknown variant(s) {', '.join(unknown)}; choose from 32s, 16s, 8s")
+            raise QueueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
         if staged:
-            variants.sort(key=lambda v: order.get(v, 99))
+            variants.sort(key=variant_order)
         subs: list[Submission] = []
         parent: str | None = None
         for i, v in enumerate(variants):
@@ -833,7 +307,7 @@ class JobQueue:
     def claim(self, worker_id: str, lease_seconds: float = 30.0) -> Job | None:
         """Atomically take the best ready job, lease it to ``worker_id`` and count the attempt.
         Due delayed retries are promoted first. ``None`` when nothing is ready."""
-        out = self._claim(args=[self.prefix, worker_id, int(lease_seconds * 1000)])
+        out = self._run("claim", worker_id, int(lease_seconds * 1000))
         if not out:
             return None
         return Job.from_hash(dict(zip(out[::2], out[1::2])))
@@ -842,15 +316,15 @@ class JobQueue:
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float = 30.0) -> str:
         """Extend the lease if ``worker_id`` still owns the job: ``"ok"``, ``"cancel"`` (a cancel
         was requested: stop the run) or ``"lost"`` (the job is no longer this worker's)."""
-        return self._heartbeat(args=[self.prefix, job_id, worker_id, int(lease_seconds * 1000)])
+        return self._run("heartbeat", job_id, worker_id, int(lease_seconds * 1000))
 
     @_wrap_redis_errors
     def complete(self, job_id: str, worker_id: str, result: dict[str, Any] | None = None) -> None:
         """Mark the job succeeded with its JSON result summary; queue its staged children.
         Raises :class:`LeaseLost` if the worker no longer owns the job."""
         payload = json.dumps(result if result is not None else {}, default=str, sort_keys=True)
-        if self._complete(args=[self.prefix, job_id, worker_id, payload]) != "ok":
-            raise LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+        if self._run("complete", job_id, worker_id, payload) != "ok":
+            raise _lease_lost(job_id, worker_id)
 
     @_wrap_redis_errors
     def fail(self, job_id: str, worker_id: str, error: str, traceback: str = "", *,
@@ -859,35 +333,34 @@ class JobQueue:
         ``"failed"`` (dead-lettered: no attempts left or not retryable) or ``"cancelled"``.
         Raises :class:`LeaseLost` if the worker no longer owns the job."""
         err = " ".join(str(error).split())[:ERROR_CHARS] or "failed"
-        out = self._fail(args=[
-            self.prefix, job_id, worker_id, err, str(traceback)[-TRACEBACK_CHARS:],
-            int(self.backoff_base * 1000), int(self.backoff_max * 1000), "1" if retryable else "0",
-        ])
+        out = self._run("fail", job_id, worker_id, err, str(traceback)[-TRACEBACK_CHARS:],
+                        int(self.backoff_base * 1000), int(self.backoff_max * 1000),
+                        "1" if retryable else "0")
         if out == "lost":
-            raise LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+            raise _lease_lost(job_id, worker_id)
         return out
 
     @_wrap_redis_errors
     def release(self, job_id: str, worker_id: str, reason: str = "released by worker") -> str:
         """Put a running job back in the ready queue without counting the attempt (SIGTERM).
         Returns ``"ok"`` or ``"cancelled"`` (a cancel was pending). Raises :class:`LeaseLost`."""
-        out = self._release(args=[self.prefix, job_id, worker_id, reason])
+        out = self._run("release", job_id, worker_id, reason)
         if out == "lost":
-            raise LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+            raise _lease_lost(job_id, worker_id)
         return out
 
     @_wrap_redis_errors
     def ack_cancel(self, job_id: str, worker_id: str, reason: str = "cancelled") -> None:
         """The worker stopped a running job because a cancel was requested: mark it cancelled."""
-        if self._ack_cancel(args=[self.prefix, job_id, worker_id, reason]) != "ok":
-            raise LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+        if self._run("ack_cancel", job_id, worker_id, reason) != "ok":
+            raise _lease_lost(job_id, worker_id)
 
     @_wrap_redis_errors
     def reap(self, limit: int = 100) -> list[str]:
         """Return jobs whose lease expired to the ready queue (the attempt counts; with no
         attempts left they are dead-lettered) and promote due delayed retries. Atomic; every
         worker calls it in its loop. Returns the ids handled."""
-        return list(self._reap(args=[self.prefix, int(limit)]) or [])
+        return list(self._run("reap", int(limit)) or [])
 
     @_wrap_redis_errors
     def set_run_dir(self, job_id: str, run_dir: str) -> None:
@@ -918,14 +391,14 @@ class JobQueue:
         (the worker sees the flag at its next heartbeat and stops the run). A finished job is
         left alone and its state returned. Staged children are cancelled with a reason."""
         job_id = self.resolve(job_id)
-        return self._cancel(args=[self.prefix, job_id, reason])
+        return self._run("cancel", job_id, reason)
 
     @_wrap_redis_errors
     def retry(self, job_id: str) -> str:
         """Re-queue a failed (dead-lettered) or cancelled job with attempts reset; its staged
         children cancelled because of it wait for it again. Returns the new state."""
         job_id = self.resolve(job_id)
-        return self._retry(args=[self.prefix, job_id])
+        return self._run("retry", job_id)
 
     @_wrap_redis_errors
     def resolve(self, job_id: str) -> str:
@@ -1017,7 +490,7 @@ class JobQueue:
     def pending(self) -> dict[str, float]:
         """What a worker could still get: ``ready``, ``delayed``, ``running`` counts and
         ``next_due`` (seconds until the next delayed retry, -1 if none)."""
-        ready, delayed, running, due = self._pending(args=[self.prefix])
+        ready, delayed, running, due = self._run("pending")
         return {"ready": int(ready), "delayed": int(delayed), "running": int(running),
                 "next_due": (int(due) / 1000.0) if int(due) >= 0 else -1.0}
 

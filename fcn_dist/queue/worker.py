@@ -4,7 +4,8 @@ One job at a time per worker process: the job's ``run_fn(job, should_stop)`` run
 thread while a heartbeat thread extends the lease every ``heartbeat_seconds``, watches for a
 cancel request and pushes the job's log lines to Redis. ``should_stop()`` turns True when the
 worker got SIGTERM/SIGINT, the job was cancelled, or the lease was lost; a run that sees it
-saves a checkpoint and raises :class:`Interrupted` (``fcn_dist.train.run`` does so).
+saves a checkpoint and raises :class:`fcn_dist.errors.Interrupted` (``fcn_dist.train.run``
+does so).
 
 Outcomes: a return value -> ``complete`` (the result summary); :class:`Interrupted` or any
 exception while the worker is stopping -> ``release`` (back to the queue, attempt not counted;
@@ -31,28 +32,14 @@ import uuid
 from typing import Any, Callable
 
 from fcn_dist import monitoring
-from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError
-from fcn_dist.queue.redis_queue import Job, JobQueue, LeaseLost, RedisUnavailable
+from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError, is_interruption
+from fcn_dist.errors import Interrupted  # noqa: F401 - until fcn_dist.train.trainer imports it from errors
+from fcn_dist.queue.job import Job
+from fcn_dist.queue.redis_queue import JobQueue, LeaseLost, RedisUnavailable
 
 log = logging.getLogger("fcn_dist.worker")
 
 RunFn = Callable[[Job, Callable[[], bool]], Any]
-
-
-class Interrupted(Exception):
-    """A run stopped early because ``should_stop()`` said so (SIGTERM, cancel, lost lease).
-
-    ``fcn_dist.train.Interrupted`` may subclass it; the worker also treats any exception whose
-    class (or a base class) is named ``Interrupted`` as an interruption, so the training stack
-    need not import the queue.
-    """
-
-
-def is_interruption(exc: BaseException) -> bool:
-    """True for :class:`Interrupted`, any class named ``Interrupted``, and KeyboardInterrupt."""
-    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-        return True
-    return any(c.__name__ == "Interrupted" for c in type(exc).__mro__)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -202,21 +189,24 @@ class Worker:
               stop_on_request: bool = False) -> Any:
         """Run a queue call, retrying with capped exponential backoff while Redis is down."""
 
-        def on_retry(delay: float, err: Exception) -> None:
-            self._redis_down = True
-            log.warning("redis unavailable, retrying in %.1fs (%s)", delay, err)
-
         def give_up() -> bool:
             if stop_on_request and self._stop.is_set():
                 return True
             return deadline is not None and time.monotonic() > deadline
 
         out = self.queue.call_with_retry(fn, base=0.5, cap=self.redis_backoff_cap,
-                                         on_retry=on_retry, should_stop=give_up)
+                                         on_retry=self._redis_lost, should_stop=give_up)
+        self._redis_back()
+        return out
+
+    def _redis_lost(self, delay: float, err: Exception) -> None:
+        self._redis_down = True
+        log.warning("redis unavailable, retrying in %.1fs (%s)", delay, err)
+
+    def _redis_back(self) -> None:
         if self._redis_down:
             self._redis_down = False
             log.info("redis reachable again at %s", self.queue.safe_url)
-        return out
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -388,12 +378,9 @@ class Worker:
                 linked = self._record_links(run)
             try:
                 status = self.queue.heartbeat(job.id, self.id, self.lease_seconds)
-                if self._redis_down:
-                    self._redis_down = False
-                    log.info("redis reachable again at %s", self.queue.safe_url)
+                self._redis_back()
             except RedisUnavailable as e:
-                self._redis_down = True
-                log.warning("redis unavailable, retrying in %.1fs (%s)", self.heartbeat_seconds, e)
+                self._redis_lost(self.heartbeat_seconds, e)
                 continue
             except Exception as e:  # noqa: BLE001 - keep heartbeating
                 log.warning("heartbeat of job %s failed: %s", job.id, e)

@@ -1,0 +1,191 @@
+"""Job records: the states a job goes through and the read-only view of one record.
+
+A job record is the Redis hash ``P job:<id>`` (see :mod:`fcn_dist.queue.redis_queue` for the
+keys and the transitions). Its fields: `id`, `spec` (the validated `JobSpec` as canonical JSON,
+never pickle), `variant`, `backbone`, `name`, `state`, `attempts`, `max_attempts`, `priority`,
+`score`, `seq`, `created_at`, `updated_at`, `started_at`, `finished_at`, `heartbeat_at` (seconds
+since the epoch, server clock), `worker` (last claimer), `lease_deadline`, `retry_at`, `error`
+(one line), `traceback` (tail), `result` (the run's JSON result summary), `depends_on` (parent
+job id for staged chains), `init_from` (the parent's `best_checkpoint`, set when the parent
+succeeds), `idem_key`, `run_dir`, `dashboard` (the Ray dashboard links, JSON),
+`cancel_requested` (`1` while a running job is being cancelled), `cancel_reason`,
+`cancelled_by_parent`.
+
+:class:`Job` parses the fields a caller needs (``score``, ``seq`` and ``cancelled_by_parent``
+stay in ``Job.raw``). The idempotency key of a submission is :func:`idempotency_key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobState(str, enum.Enum):
+    """The state of a job; members compare equal to (and print as) their plain names."""
+
+    WAITING = "waiting"  # a staged job waiting for its parent to succeed
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # dead-lettered
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    # f"{state}" -> "running", and hash like the plain string so that sets and dicts of states
+    # mix with plain strings (Enum would hash the member name)
+    __format__ = str.__format__
+    __hash__ = str.__hash__
+
+
+STATES: tuple[str, ...] = tuple(s.value for s in JobState)
+ACTIVE_STATES: tuple[str, ...] = tuple(s.value for s in (JobState.WAITING, JobState.QUEUED,
+                                                         JobState.RUNNING))
+TERMINAL_STATES: tuple[str, ...] = tuple(s for s in STATES if s not in ACTIVE_STATES)
+
+
+def _state(v: str) -> JobState | str:
+    try:
+        return JobState(v)
+    except ValueError:  # a tampered record: shown as is, never claimed
+        return v
+
+
+def _seconds(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _result(v: str) -> dict[str, Any]:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return {"unparsed": v}
+
+
+def _links(v: str) -> dict[str, str] | None:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return None
+
+
+def _flag(v: str) -> bool:
+    return v == "1"
+
+
+@dataclass
+class Job:
+    """A read-only view of one job record (``P job:<id>``)."""
+
+    id: str
+    state: JobState | str
+    spec_json: str = field(metadata={"key": "spec", "missing": "{}"})
+    variant: str = ""
+    backbone: str = ""
+    name: str = ""
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    priority: int = 0
+    created_at: float | None = None
+    updated_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    lease_deadline: float | None = None
+    retry_at: float | None = None
+    worker: str = ""
+    error: str = ""
+    traceback: str = ""
+    result: dict[str, Any] | None = None
+    depends_on: str = ""
+    init_from: str = ""
+    idem_key: str = ""
+    run_dir: str = ""
+    dashboard: dict[str, str] | None = None  # Ray dashboard links, recorded by the worker
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    raw: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> "Job":
+        """Build from the ``HGETALL`` of a job record.
+
+        A missing field takes its default; so does an empty one, except for text fields, which
+        are taken as they are (see ``_PARSE`` for how each non-text field is read).
+        """
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "raw":
+                continue
+            v = h.get(f.metadata.get("key", f.name))
+            parse = _PARSE.get(f.name)
+            if v is None or (v == "" and parse is not None):
+                kw[f.name] = f.metadata.get("missing", "") if f.default is dataclasses.MISSING \
+                    else f.default
+            else:
+                kw[f.name] = parse(v) if parse is not None else v
+        return cls(**kw, raw=dict(h))
+
+    @property
+    def spec(self):
+        """The job's :class:`~fcn_dist.spec.JobSpec`, parsed and validated from its JSON."""
+        from fcn_dist.spec import JobSpec
+
+        return JobSpec.from_json(self.spec_json, source=f"job {self.id} spec")
+
+    @property
+    def spec_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (no validation; for display)."""
+        try:
+            return json.loads(self.spec_json)
+        except ValueError:
+            return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the record (spec as a dict)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("raw", "spec_json")}
+        d["state"] = str(self.state)
+        d["spec"] = self.spec_dict
+        return d
+
+
+# How each non-text field of a record is read (text fields are taken as they are).
+_PARSE: dict[str, Callable[[str], Any]] = {
+    "state": _state,
+    "attempts": int,
+    "max_attempts": int,
+    "priority": int,
+    **dict.fromkeys(("created_at", "updated_at", "started_at", "finished_at", "heartbeat_at",
+                     "lease_deadline", "retry_at"), _seconds),
+    "result": _result,
+    "dashboard": _links,
+    "cancel_requested": _flag,
+}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`JobQueue.submit` did: the job id, whether it is new, and its state."""
+
+    id: str
+    created: bool
+    state: str
+    variant: str = ""
+
+
+def idempotency_key(spec_json: str, chain: str = "") -> str:
+    """The idempotency key of a spec: sha256 of its canonical JSON (variant included) and its
+    position in a staged chain (``""`` for a stand-alone job)."""
+    return hashlib.sha256(f"v1\n{spec_json}\n{chain}".encode()).hexdigest()[:32]
