@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 from fcn_dist import monitoring
 from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError, is_interruption
-from fcn_dist.errors import Interrupted  # noqa: F401 - until fcn_dist.train.trainer imports it from errors
 from fcn_dist.queue.job import Job
 from fcn_dist.queue.redis_queue import JobQueue, LeaseLost, RedisUnavailable
 
