@@ -356,3 +356,19 @@ def test_cli(tmp_path, monkeypatch):
     assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "error:" in r.output
+
+
+def test_decoded_images_become_tensors_without_a_non_writable_array_warning():
+    """A decoded shard image is writable, so the transforms' torch.from_numpy does not warn
+    (the warning printed once per Ray Data worker)."""
+    import warnings
+
+    from fcn_dist.data.shards import decode_image_array, encode_png
+    from fcn_dist.data.transforms import train_transform
+
+    img = decode_image_array(encode_png(Image.new("RGB", (20, 16))))
+    assert img.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, y = train_transform(8, 255)(img, np.zeros((16, 20), np.uint8))
+    assert x.shape == (3, 8, 8) and y.shape == (8, 8)

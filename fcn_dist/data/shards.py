@@ -92,8 +92,8 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def decode_image_array(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 array."""
-    return np.asarray(decode_image(data))
+    """Encoded image bytes -> (H, W, 3) uint8 array (writable: torch.from_numpy shares it)."""
+    return np.array(decode_image(data))
 
 
 # --------------------------------------------------------------------------- manifest
