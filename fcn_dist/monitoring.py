@@ -167,6 +167,15 @@ def auth_token() -> str | None:
     return None
 
 
+def dashboard_access_hint() -> str:
+    """How to get into the dashboard, for wherever its link is printed (Ray 2.60 asks for a
+    token when the cluster runs with token auth)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        return f"sign in with the token in {path} (or `ray get-auth-token`)"
+    return "if it asks for a token: `ray get-auth-token` on the head node"
+
+
 def auth_headers() -> dict[str, str]:
     """HTTP headers for the dashboard API: ``Authorization: Bearer <token>`` if a token exists.
 

@@ -379,6 +379,10 @@ def test_sigtermed_worker_real_job_is_released_quickly_and_resumed(
 
         out_b = _second_worker_finishes(queue, jid, redis_url, redis_prefix, env_dirs, tmp_path,
                                         attempts=1)
+        for out in (out_a, out_b):  # quiet by default (issue 20): the worker's lines, not Ray's
+            assert "TrainingReport(" not in out and "State Transition" not in out, out[-3000:]
+            assert "Ray Data" not in out and "RayDeprecationWarning" not in out, out[-3000:]
+        assert f"job {jid} started:" in out_b and f"job {jid} succeeded in" in out_b, out_b[-3000:]
         rows = _epoch_rows(env_dirs["FCN_STORE"], run_id)
         assert sorted(set(rows)) == list(range(1, EPOCHS + 1)), rows
         # resumed: the epochs recorded before the restart were not trained again

@@ -100,9 +100,17 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if job.depends_on:
         lines.append(f"after      {job.depends_on} (staged; init_from {job.init_from or '-'})")
     lines.append(f"run dir    {job.run_dir or '-'}")
+    if job.progress and job.state == "running":
+        p = job.progress
+        lines.append(f"progress   epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/"
+                     f"{p.get('steps')}, val mIoU {p.get('miou') if p.get('miou') is not None else '-'}"
+                     f", ETA {_eta(p)}")
     if job.dashboard:
+        from fcn_dist.monitoring import dashboard_access_hint
+
         lines.append(f"dashboard  {job.dashboard.get('dashboard', '-')}"
-                     f"  (Ray Train run {job.dashboard.get('run_name', '-')})")
+                     f"  (Ray Train run {job.dashboard.get('run_name', '-')}; "
+                     f"{dashboard_access_hint()})")
         if job.dashboard.get("ray_job"):
             lines.append(f"ray job    {job.dashboard['ray_job']}")
     if job.result:
@@ -224,6 +232,73 @@ def events(ctx: click.Context, count: int, job_id: str | None) -> None:
         who = f" [{e['worker']}]" if e.get("worker") else ""
         click.echo(f"{_ts(t)}  {e['job']}  {e.get('from') or '-'} -> {e.get('to')}  "
                    f"{e.get('event')}{who}: {e.get('reason')}")
+
+
+_WATCH_HEADER = ["ID", "STATE", "VARIANT", "NAME", "EPOCH", "VAL mIoU", "IMG/S", "ETA", "WORKER",
+                 "ATTEMPTS"]
+
+
+def _eta(p: dict) -> str:
+    s = p.get("eta_seconds")
+    if s is None:
+        return "-"
+    m, sec = divmod(int(round(float(s))), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def watch_frame(jobs) -> str:
+    """One frame of ``fcn-jobs watch``: each job's state, epoch k/N, latest val mIoU, img/s,
+    ETA, worker and attempts (running jobs from the progress their worker publishes)."""
+    from fcn_dist.report.tables import render
+
+    rows = []
+    for j in jobs:
+        p = j.progress or {}
+        live = j.state == "running"
+        epoch = f"{p.get('epoch', '?')}/{p.get('epochs', '?')}" if p else "-"
+        if live and p.get("steps"):
+            epoch += f" ({p.get('step', 0)}/{p['steps']} steps)"
+        miou = p.get("miou")
+        if not live and j.result and j.result.get("miou") is not None:
+            miou = j.result.get("best_val_miou", miou)
+        ips = p.get("images_per_second")
+        rows.append([j.id, j.state + ("*" if j.cancel_requested else ""), j.variant, j.name, epoch,
+                     "-" if miou is None else f"{float(miou):.4f}",
+                     "-" if ips is None else f"{float(ips):.1f}", _eta(p) if live else "-",
+                     j.worker or "-", f"{j.attempts}/{j.max_attempts}"])
+    return render(_WATCH_HEADER, rows) if rows else "no jobs"
+
+
+@main.command()
+@click.option("--state", default=None, metavar="STATE", help="Only jobs in STATE.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts).")
+@click.pass_context
+def watch(ctx: click.Context, state: str | None, interval: float, once: bool) -> None:
+    """A live table of the queue: state, epoch k/N, val mIoU, img/s, ETA, worker, attempts.
+    Ends with Ctrl-C."""
+    q = _queue(ctx)
+    if once:
+        click.echo(watch_frame(q.list(state=state)))
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    def frame() -> Text:
+        stamp = datetime.now(tz=timezone.utc).strftime("%H:%M:%S UTC")
+        counts = q.counts()
+        head = "  ".join(f"{k} {counts[k]}" for k in ("queued", "running", "succeeded", "failed"))
+        return Text(f"fcn-jobs watch  {stamp}  {head}  (Ctrl-C to stop)\n\n"
+                    + watch_frame(q.list(state=state)))
+
+    try:
+        with Live(frame(), refresh_per_second=4, transient=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(frame())
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -75,3 +75,18 @@ def redis_options(f: F) -> F:
     return click.option("--redis-url", default=None, metavar="URL",
                         callback=lambda _ctx, _param, v: config.redis_url(v),
                         help="Redis URL (default $FCN_REDIS_URL).")(f)
+
+
+def setup_output(log_level: str = "INFO", verbose: bool = False) -> None:
+    """Quiet by default: our own lines (``fcn_dist`` loggers at ``log_level``) with a short
+    timestamp, other libraries at WARNING. ``verbose`` (or ``--log-level debug``) also lets
+    Ray's output through (``FCN_VERBOSE=1``, inherited by the Ray driver in this process)."""
+    import os
+
+    level = getattr(logging, log_level.upper())
+    if verbose or level <= logging.DEBUG:
+        os.environ["FCN_VERBOSE"] = "1"
+    logging.basicConfig(level=logging.INFO if os.environ.get("FCN_VERBOSE") == "1" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+                        if level <= logging.DEBUG else "%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("fcn_dist").setLevel(level)

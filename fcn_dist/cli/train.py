@@ -16,7 +16,7 @@ import threading
 
 import click
 
-from fcn_dist.cli.support import Command
+from fcn_dist.cli.support import Command, setup_output
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,11 +31,16 @@ from fcn_dist.cli.support import Command
               help="Previous stage's checkpoint directory (staged 32s -> 16s -> 8s).")
 @click.option("--ray-address", default=None, metavar="ADDR", help="Ray cluster (default $RAY_ADDRESS or a local Ray).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="Also show Ray's output.")
 def main(spec_path: str, variant: str | None, backbone: str | None, overrides: tuple[str, ...],
-         run_dir: str | None, init_from: str | None, ray_address: str | None, as_json: bool) -> None:
+         run_dir: str | None, init_from: str | None, ray_address: str | None, as_json: bool,
+         verbose: bool) -> None:
     """Train one FCN variant on Ray Train and print its test metrics."""
     from fcn_dist.spec import load_spec
     from fcn_dist.train import Interrupted, run
+    from fcn_dist.train.progress import Console
+
+    setup_output("INFO", verbose)
 
     spec = load_spec(spec_path, overrides, variant=variant, backbone=backbone)
     stop = threading.Event()
@@ -49,8 +54,14 @@ def main(spec_path: str, variant: str | None, backbone: str | None, overrides: t
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        result = run(spec, run_dir=run_dir, init_from=init_from, should_stop=stop.is_set,
-                     ray_address=ray_address)
+        console = Console(stream=sys.stderr if as_json else sys.stdout)
+        click.echo(f"training {spec.name} {spec.variant} ({spec.backbone}) on {spec.data}, "
+                   f"{spec.epochs} epochs", err=as_json)
+        try:
+            result = run(spec, run_dir=run_dir, init_from=init_from, should_stop=stop.is_set,
+                         ray_address=ray_address, on_progress=console)
+        finally:
+            console.close()
     except Interrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         sys.exit(130)

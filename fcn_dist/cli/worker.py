@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
-from fcn_dist.cli.support import Command, redis_options
+from fcn_dist.cli.support import Command, redis_options, setup_output
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,17 +29,20 @@ from fcn_dist.cli.support import Command, redis_options
                    "e.g. fcn_dist.queue.demo:run for smoke tests.")
 @click.option("--worker-id", default=None, help="Worker name (default host-pid-random).")
 @click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Level of the worker's own lines; DEBUG also shows Ray's output.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also show Ray's output (driver log forwarding, Train/Data progress, warnings); "
+                   "it always goes to Ray's log files and the dashboard.")
 def main(redis_url: str, prefix: str, ray_address: str | None, until_empty: bool,
          max_jobs: int | None, lease_seconds: float, heartbeat_seconds: float | None,
          poll_interval: float, retry_backoff: float, retry_backoff_max: float,
-         run_fn: str | None, worker_id: str | None, log_level: str) -> None:
+         run_fn: str | None, worker_id: str | None, log_level: str, verbose: bool) -> None:
     """Run jobs from the queue until stopped (SIGTERM/SIGINT put the current job back)."""
     from fcn_dist.queue.redis_queue import JobQueue
     from fcn_dist.queue.worker import Worker, load_run_fn
 
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_output(log_level, verbose)
     fn = load_run_fn(run_fn) if run_fn else None
     q = JobQueue(redis_url, prefix=prefix, backoff_base=retry_backoff, backoff_max=retry_backoff_max)
     w = Worker(q, fn, worker_id, lease_seconds=lease_seconds, heartbeat_seconds=heartbeat_seconds,

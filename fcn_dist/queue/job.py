@@ -7,7 +7,8 @@ never pickle), `variant`, `backbone`, `name`, `state`, `attempts`, `max_attempts
 since the epoch, server clock), `worker` (last claimer), `lease_deadline`, `retry_at`, `error`
 (one line), `traceback` (tail), `result` (the run's JSON result summary), `depends_on` (parent
 job id for staged chains), `init_from` (the parent's `best_checkpoint`, set when the parent
-succeeds), `idem_key`, `run_dir`, `dashboard` (the Ray dashboard links, JSON),
+succeeds), `idem_key`, `run_dir`, `dashboard` (the Ray dashboard links, JSON), `progress`
+(the run's latest epoch, step and metrics, JSON, published by the worker),
 `cancel_requested` (`1` while a running job is being cancelled), `cancel_reason`,
 `cancelled_by_parent`.
 
@@ -113,6 +114,7 @@ class Job:
     idem_key: str = ""
     run_dir: str = ""
     dashboard: dict[str, str] | None = None  # Ray dashboard links, recorded by the worker
+    progress: dict[str, Any] | None = None  # the run's latest progress (epoch k/N, metrics, ETA)
     cancel_requested: bool = False
     cancel_reason: str = ""
     raw: dict[str, str] = field(default_factory=dict, repr=False)
@@ -171,6 +173,7 @@ _PARSE: dict[str, Callable[[str], Any]] = {
                      "lease_deadline", "retry_at"), _seconds),
     "result": _result,
     "dashboard": _links,
+    "progress": _links,
     "cancel_requested": _flag,
 }
 

@@ -128,7 +128,7 @@ def redact_url(url: str) -> str:
 # One script per state change; each is run with the shared prelude (the clock, key helpers,
 # history/event recording, the cascades) in front. ARGV[1] is always the key prefix.
 _SCRIPTS = ("submit", "claim", "heartbeat", "complete", "fail", "release", "ack_cancel", "cancel",
-            "retry", "reap", "pending")
+            "retry", "reap", "pending", "progress")
 
 
 @functools.cache
@@ -371,6 +371,13 @@ class JobQueue:
     def set_dashboard(self, job_id: str, links: dict[str, str]) -> None:
         """Record the Ray dashboard links of the job's run (shown by ``fcn-jobs show``)."""
         self.redis.hset(self.key("job", job_id), "dashboard", json.dumps(links, sort_keys=True))
+
+    @_wrap_redis_errors
+    def set_progress(self, job_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+        """Publish a running job's progress (``fcn-jobs watch``/``show``); False when the job
+        is no longer this worker's."""
+        payload = json.dumps(progress, sort_keys=True, default=str)
+        return self._run("progress", job_id, worker_id, payload) == "ok"
 
     @_wrap_redis_errors
     def append_logs(self, job_id: str, lines: Iterable[str]) -> None:

@@ -54,7 +54,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def train_run_fn(job: Job, should_stop: Callable[[], bool], *, ray_address: str | None = None,
-                 run_dir: str | None = None) -> dict[str, Any]:
+                 run_dir: str | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The default job function: one Ray Train run of the job's spec.
 
     ``run_dir`` defaults to ``runs_path()/<job id>``: deterministic, so a job reclaimed after a
@@ -65,7 +66,19 @@ def train_run_fn(job: Job, should_stop: Callable[[], bool], *, ray_address: str 
 
     run_dir = run_dir or job.run_dir or str(config.runs_path() / job.id)
     return train.run(job.spec, job_id=job.id, run_dir=run_dir, init_from=job.init_from or None,
-                     should_stop=should_stop, ray_address=ray_address)
+                     should_stop=should_stop, ray_address=ray_address, on_progress=on_progress)
+
+
+def _result_note(result: dict[str, Any]) -> str:
+    """``: <split> mIoU ..., run dir ...`` of a training result summary (empty for others)."""
+    if not isinstance(result, dict) or result.get("miou") is None:
+        return ""
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.4f}"
+    split = result.get("test_split") or "test"
+    return (f": {split} mIoU {f(result.get('miou'))}, pixel acc {f(result.get('pixel_accuracy'))}, "
+            f"mean acc {f(result.get('mean_accuracy'))}, fwIoU {f(result.get('fwiou'))}; "
+            f"run dir {result.get('run_dir') or '-'}")
 
 
 def load_run_fn(ref: str) -> RunFn:
@@ -165,6 +178,7 @@ class Worker:
         self._stop = threading.Event()
         self._redis_down = False
         self._current: _Run | None = None
+        self._linked: set[str] = set()  # jobs whose dashboard link was printed
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -276,8 +290,10 @@ class Worker:
         me = threading.get_ident()
         run.logs.threads.add(me)
         _JOB_THREADS.add(me)
-        log.info("job %s (%s %s, attempt %d of %d) started on worker %s", job.id, job.name,
-                 job.variant, job.attempts, job.max_attempts, self.id)
+        spec = job.spec_dict
+        log.info("job %s started: %s %s on %s, backbone %s, attempt %d of %d, worker %s%s", job.id,
+                 job.name, job.variant, spec.get("data", "?"), job.backbone, job.attempts,
+                 job.max_attempts, self.id, self._dashboard_note(job))
         monitoring.job_started(job.id, job.variant)
         hb.start()
         if hb.ident is not None:
@@ -328,7 +344,7 @@ class Worker:
                 if not isinstance(result, dict):
                     result = {"value": result}
                 self._call(lambda: q.complete(job.id, self.id, result), deadline=deadline)
-                log.info("job %s succeeded in %.1fs", job.id, seconds)
+                log.info("job %s succeeded in %.1fs%s", job.id, seconds, _result_note(result))
                 return "succeeded"
             if is_interruption(exc) or isinstance(exc, SystemExit) or self._stop.is_set():
                 out = self._call(lambda: q.release(job.id, self.id, f"worker {self.id} stopping"),
@@ -355,6 +371,14 @@ class Worker:
                       "job will run again", job.id, e)
             return "lost"
 
+    def _dashboard_note(self, job: Job) -> str:
+        links = monitoring.dashboard_links(job.id, job.variant)
+        if not links:
+            return ""  # Ray is not up yet: the link line follows once it is
+        self._linked.add(job.id)
+        return (f"; Ray dashboard {links['dashboard']} (Train run {links.get('run_name', '-')}; "
+                f"{monitoring.dashboard_access_hint()})")
+
     def _record_links(self, run: _Run) -> bool:
         """Once Ray is up in this process, store the job's dashboard links in its record."""
         links = monitoring.dashboard_links(run.job.id, run.job.variant)
@@ -365,8 +389,10 @@ class Worker:
         except QueueError as e:
             log.debug("dashboard links of job %s: %s", run.job.id, e)
             return False
-        log.info("job %s: Ray dashboard %s (Train run %s)", run.job.id, links["dashboard"],
-                 links.get("run_name", "-"))
+        if run.job.id not in self._linked:
+            self._linked.add(run.job.id)
+            log.info("job %s: Ray dashboard %s (Train run %s; %s)", run.job.id, links["dashboard"],
+                     links.get("run_name", "-"), monitoring.dashboard_access_hint())
         return True
 
     def _heartbeat_loop(self, run: _Run) -> None:
@@ -409,4 +435,25 @@ class Worker:
         run_dir = job.run_dir or str(config.runs_path() / monitoring.run_name(job.id, job.variant))
         if not job.run_dir:
             self._call(lambda: self.queue.set_run_dir(job.id, run_dir), stop_on_request=True)
-        return train_run_fn(job, should_stop, ray_address=self.ray_address, run_dir=run_dir)
+        return train_run_fn(job, should_stop, ray_address=self.ray_address, run_dir=run_dir,
+                            on_progress=self._progress_fn(job))
+
+    def _progress_fn(self, job: Job) -> Callable[[dict[str, Any]], None]:
+        """Each progress state of the job's run: shown on this worker's output (a line per
+        epoch, a live bar on a terminal) and published to the job record (``fcn-jobs watch``)."""
+        from fcn_dist.train.progress import Console, eta_seconds
+
+        console = Console(prefix=f"[{job.id} {job.variant}] ")
+
+        def on_progress(state: dict[str, Any]) -> None:
+            console(state)
+            last = (state.get("done") or [{}])[-1]
+            published = {k: state.get(k) for k in ("epoch", "epochs", "step", "steps")}
+            published.update({"miou": last.get("miou"), "images_per_second": last.get("images_per_second"),
+                              "eta_seconds": eta_seconds(state), "time": state.get("time")})
+            try:
+                self.queue.set_progress(job.id, self.id, published)
+            except QueueError as e:  # progress is for watching; never stop the run over it
+                log.debug("progress of job %s: %s", job.id, e)
+
+        return on_progress

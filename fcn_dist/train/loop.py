@@ -24,7 +24,6 @@ import dataclasses
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from fcn_dist.spec import JobSpec, size2
 from fcn_dist.train import metrics as M
 from fcn_dist.train.evaluate import evaluate
 from fcn_dist.train.hooks import LoopHooks
+from fcn_dist.train.progress import StepProgress
 from fcn_dist.train.step import StepState, dist_ready, make_step_state, all_reduce, train_step
 
 STOP_FILE = "STOP"  # written into the run dir by the driver when should_stop() says so
@@ -99,6 +99,7 @@ class RankState:
     train_ds: Any = None  # ShardDataset (data_loader "torch") ...
     shard: Any = None  # ... or this rank's Ray Data split ("ray")
     store: Any = None  # the results store (rank 0)
+    shown: StepProgress | None = None  # progress.json for the driver (rank 0)
     params: int = 0
     start_epoch: int = 1
     skip_steps: int = 0  # resuming mid-epoch: steps of start_epoch already trained
@@ -171,6 +172,8 @@ def set_up(cfg: LoopConfig) -> RankState:
         from fcn_dist.store import ResultsStore
 
         state.store = ResultsStore(cfg.store_dir)
+    if rank == 0:
+        state.shown = StepProgress(cfg.run_dir, cfg.run_id, spec.epochs, cfg.steps_per_epoch)
     if train_state is not None:
         _restore(state, train_state)
     return state
@@ -266,6 +269,8 @@ def train_one_epoch(state: RankState, epoch: int) -> EpochTrain:
             images = int(prog["images"])
     stop_file = Path(cfg.run_dir) / STOP_FILE
     step, stopped = skip, False
+    if state.shown is not None:
+        state.shown.start_epoch(epoch, step)
     # wall time of each step, its data fetch included (CPU ops are synchronous and the loss
     # flags sync the GPU every step): the median is the steady step time
     step_times: list[float] = []
@@ -287,6 +292,8 @@ def train_one_epoch(state: RankState, epoch: int) -> EpochTrain:
         now = time.perf_counter()
         step_times.append(now - t_step)
         t_step = now
+        if state.shown is not None:
+            state.shown.step(epoch, step)
         if out.stop:
             stopped = True
             break
@@ -367,13 +374,6 @@ def epoch_metrics(state: RankState, epoch: int, part: EpochTrain, val: dict[str,
         "data_seconds": _finite_or_none(part.data_seconds), "world_size": state.world,
         "device": state.device.type,
     }
-
-
-def progress_line(run_id: str, epochs: int, m: dict[str, Any]) -> str:
-    """The one line per epoch a worker prints."""
-    return (f"[{run_id}] epoch {m['epoch']}/{epochs}: train loss {m['train_loss']:.4f}, val loss "
-            f"{m['val_loss']:.4f}, val mIoU {m['miou']:.4f}, pixel acc {m['pixel_accuracy']:.4f} "
-            f"({m['epoch_seconds']:.1f} s, {m['images_per_second']:.1f} images/s)")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -464,7 +464,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def _record_epoch(state: RankState, metrics: dict[str, Any]) -> None:
     """Rank 0: the epoch row (before the report: a crash in between repeats the row, never
-    loses it), the Ray metrics endpoint and the progress line."""
+    loses it), the Ray metrics endpoint and the driver's progress file."""
     from fcn_dist import monitoring
 
     cfg = state.cfg
@@ -479,9 +479,8 @@ def _record_epoch(state: RankState, metrics: dict[str, Any]) -> None:
                             epoch_seconds=metrics["epoch_seconds"],
                             images_per_second=metrics["images_per_second"],
                             val_miou=metrics["miou"], train_loss=metrics["train_loss"])
-    # sys.stdout, not print: Ray Train patches print() and would show the line twice
-    sys.stdout.write(progress_line(cfg.run_id, state.spec.epochs, metrics) + "\n")
-    sys.stdout.flush()
+    if state.shown is not None:
+        state.shown.end_epoch(metrics)
 
 
 def _steady_median(times: list[float]) -> float:

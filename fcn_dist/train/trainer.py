@@ -39,6 +39,7 @@ from fcn_dist.spec import JobSpec
 from fcn_dist.train.evaluate import evaluate_checkpoint
 from fcn_dist.train.hooks import LoopHooks
 from fcn_dist.train.loop import SCORE_ATTRIBUTE, STOP_FILE, LoopConfig, train_loop_per_worker
+from fcn_dist.train.progress import PROGRESS_FILE, read_progress
 
 __all__ = ["Interrupted", "NonFiniteLossError", "resolve_resources", "run", "run_loop_locally"]
 
@@ -52,8 +53,34 @@ class NonFiniteLossError(TrainingError):
     retryable = False  # the queue worker fails the job at once instead of retrying it
 
 
+def verbose() -> bool:
+    """Whether Ray's own output reaches this process's terminal (``FCN_VERBOSE=1``; the CLIs'
+    ``--verbose`` / ``--log-level debug`` set it). Off, it still goes to Ray's log files
+    (``/tmp/ray/session_latest/logs``) and the dashboard."""
+    return os.environ.get("FCN_VERBOSE", "0") not in ("", "0")
+
+
+def quiet_ray() -> None:
+    """Ray's driver-side chatter off unless :func:`verbose`: Ray Data's progress bars and
+    execution-plan lines, Ray's log messages below ERROR and its deprecation warnings."""
+    if verbose():
+        return
+    import warnings
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"ray(\..*)?")
+    warnings.filterwarnings("ignore", message=".*ExecutionOptions.exclude_resources.*")
+
+
 def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
-    """``ray.init`` that leaves the caller's SIGTERM/SIGINT handlers in place.
+    """``ray.init`` that leaves the caller's SIGTERM/SIGINT handlers in place, and forwards
+    the Ray workers' output to this process only when :func:`verbose`.
 
     ``ray.init`` installs its own SIGTERM handler (``sys.exit``), which would cut
     ``trainer.fit()`` with a ``SystemExit`` instead of letting the queue worker stop the run
@@ -66,7 +93,9 @@ def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
 
     main = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, configure_logging=False)
+    quiet_ray()
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, configure_logging=False,
+             log_to_driver=verbose())
     for sig, handler in saved.items():
         if callable(handler) or handler in (signal.SIG_IGN, signal.SIG_DFL):
             signal.signal(sig, handler)
@@ -265,7 +294,8 @@ def run_loop_locally(spec: JobSpec, *, run_dir: str | os.PathLike,
 
 def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike | None = None,
         init_from: str | os.PathLike | None = None, should_stop: Callable[[], bool] | None = None,
-        ray_address: str | None = None, hooks: LoopHooks | None = None) -> dict[str, Any]:
+        ray_address: str | None = None, hooks: LoopHooks | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run one training job on Ray Train; return the JSON-able result summary.
 
     ``run_dir`` holding checkpoints resumes from the latest. ``init_from`` (or ``spec.init_from``)
@@ -274,6 +304,8 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
     :class:`~fcn_dist.errors.TrainingError` naming epoch and step. ``ray_address``: an existing
     cluster (else ``RAY_ADDRESS``, else a local Ray started here). ``hooks``: a
     :class:`~fcn_dist.train.hooks.LoopHooks` the workers call (benchmarks, fault tests).
+    ``on_progress(state)`` is called in a driver thread with each new progress state of the run
+    (:mod:`fcn_dist.train.progress`: the step now and then, each epoch's metrics).
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -292,6 +324,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         log.info("run %s already finished; returning its stored result", run_id)
         return done
 
+    quiet_ray()  # before any Dataset is made: each keeps the DataContext of its creation
     if not ray.is_initialized():
         _init_ray_keeping_signal_handlers(ray_address)
     use_gpu, resources = resolve_resources(spec, ray.cluster_resources())
@@ -334,7 +367,8 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
 
-    watcher = _StopWatcher(should_stop, stop_file) if should_stop is not None else None
+    (run_path / PROGRESS_FILE).unlink(missing_ok=True)  # a resumed run's state comes anew
+    watcher = _RunWatcher(should_stop, stop_file, run_path, on_progress)
     t0 = time.perf_counter()
     try:
         try:
@@ -345,8 +379,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
             cls, msg = _failure_message(e)
             raise cls(f"run {run_id}: {msg}") from None
     finally:
-        if watcher is not None:
-            watcher.stop()
+        watcher.stop()
         stop_file.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
 
@@ -429,24 +462,43 @@ def _existing_run(store, run_id: str) -> dict[str, Any] | None:
     return _summary_from_row(rows[-1]) if rows else None
 
 
-class _StopWatcher:
-    """Polls ``should_stop()`` in a thread; when True, drops the STOP file the workers watch."""
+class _RunWatcher:
+    """A driver thread: polls ``should_stop()`` (when True, drops the STOP file the workers
+    watch) and the run's progress file (each new state goes to ``on_progress``)."""
 
-    def __init__(self, should_stop: Callable[[], bool], stop_file: Path, interval: float = 0.5):
-        self._fn, self._file, self._interval = should_stop, stop_file, interval
+    def __init__(self, should_stop: Callable[[], bool] | None, stop_file: Path, run_dir: Path,
+                 on_progress: Callable[[dict[str, Any]], None] | None, interval: float = 0.5):
+        self._should_stop, self._file, self._interval = should_stop, stop_file, interval
+        self._run_dir, self._on_progress = run_dir, on_progress
+        self._seen: Any = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="fcn-stop-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name="fcn-run-watcher", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
+        stop_sent = False
         while not self._done.wait(self._interval):
             try:
-                if self._fn():
+                if not stop_sent and self._should_stop is not None and self._should_stop():
                     self._file.write_text("stop requested\n")
-                    return
+                    stop_sent = True
             except Exception:  # noqa: BLE001 - a broken callback must not kill the run
                 log.exception("should_stop() raised; ignoring")
+            self._progress()
+
+    def _progress(self) -> None:
+        if self._on_progress is None:
+            return
+        state = read_progress(self._run_dir)
+        if state is None or state == self._seen:
+            return
+        self._seen = state
+        try:
+            self._on_progress(state)
+        except Exception:  # noqa: BLE001 - showing progress must not kill the run
+            log.exception("on_progress() raised; ignoring")
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join(timeout=5)
+        self._progress()  # the last epoch's line
