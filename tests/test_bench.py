@@ -143,3 +143,26 @@ def test_train_loop_optimizers_are_fused_on_cpu():
         assert opt.defaults["fused"] is True, name
     assert not fused_optimizer_ok([])
     assert not fused_optimizer_ok([torch.zeros(3, dtype=torch.int64)])
+
+
+def test_gpu_check_dry_run_needs_neither_ray_nor_redis(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run on this CPU (gloo, world size 1) with ray and redis
+    made unimportable: it trains with the service's step, the loss falls, the figures print."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    block = ("import sys, runpy; sys.modules['ray'] = None; sys.modules['redis'] = None; "
+             "sys.argv = ['gpu_check', '--dry-run', '--json', sys.argv[1]]; "
+             "runpy.run_module('fcn_dist.bench.gpu_check', run_name='__main__')")
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, "-c", block, str(out)], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["backend"] == "gloo" and res["model"] == "fcn8s_vgg16" and res["loss_fell"]
+    for k in ("train_images_per_second", "inference_images_per_second", "train_mfu",
+              "inference_mfu", "bf16_matmul_peak_tflops"):
+        assert res[k] > 0, k
+    assert (root / "benchmarks" / "gpu_check.sh").stat().st_mode & 0o111
