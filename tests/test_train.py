@@ -377,3 +377,72 @@ def test_worker_errors_surface_as_the_users_error():
     assert _failure_message(err) == (DataError, "shard /d/train-00000.parquet: bad")
     cls, msg = _failure_message(WorkerGroupError("failed", {0: RuntimeError("CUDA out of memory")}))
     assert cls is TrainingError and "CUDA out of memory" in msg
+
+
+# --------------------------------------------------------------------------- DDP loss normaliser
+def _tiny_step_state(wrap=lambda m: m):
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.step import make_step_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1)
+    spec = JobSpec.from_dict({"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                              "grad_clip": None, "amp": "off", "lr": 0.1, "epochs": 1})
+    return make_step_state(model, spec, device=torch.device("cpu"), steps_per_epoch=1,
+                           ignore_index=255, wrap=wrap)
+
+
+def _ignore_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two ranks' batches: rank 0's labels 10 % ignore, rank 1's 70 %."""
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for ratio in (0.1, 0.7):
+        x = torch.randn(2, 3, 8, 8, generator=g)
+        y = torch.randint(0, 4, (2, 8, 8), generator=g)
+        y[torch.rand(2, 8, 8, generator=g) < ratio] = 255
+        out.append((x, y))
+    return out
+
+
+def _ddp_step_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from fcn_dist.train.step import train_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        st = _tiny_step_state(wrap=DistributedDataParallel)
+        x, y = _ignore_batches()[rank]
+        out = train_step(st, x, y)
+        torch.save({"grads": {n: p.grad.clone() for n, p in st.bare.named_parameters()},
+                    "loss": float(out.loss_sum / out.norm)}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_step_normalises_by_the_global_valid_pixel_count(tmp_path):
+    """2 gloo ranks whose crops hold different shares of ignore pixels: the averaged DDP
+    gradients equal one process stepping on both batches at once (per-pixel mean over all)."""
+    import socket
+
+    import torch.multiprocessing as tmp
+
+    from fcn_dist.train.step import train_step
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp.spawn(_ddp_step_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    st = _tiny_step_state()
+    (x0, y0), (x1, y1) = _ignore_batches()
+    single = train_step(st, torch.cat([x0, x1]), torch.cat([y0, y1]))
+    want = {n: p.grad for n, p in st.bare.named_parameters()}
+    for r in ranks:
+        assert r["loss"] == pytest.approx(float(single.loss_sum / single.norm), rel=1e-6)
+        for n, g in want.items():
+            torch.testing.assert_close(r["grads"][n], g, rtol=1e-5, atol=1e-7)

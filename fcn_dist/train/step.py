@@ -129,7 +129,10 @@ class StepOutput:
 def train_step(st: StepState, x: torch.Tensor, y: torch.Tensor, *, stop: bool = False) -> StepOutput:
     """Forward (autocast), fp32 loss, one tiny all-reduce so every rank takes the same decision
     (go on, stop, or fail on a non-finite loss) at the same step, then backward, clipping,
-    optimizer and LR-schedule step."""
+    optimizer and LR-schedule step.
+
+    The loss backpropagated is the mean over every valid pixel of every rank's batch (the
+    all-reduced normaliser), so a DDP step equals one process stepping on all batches at once."""
     device = st.settings.device
     x = st.settings.batch(x)
     y = y.to(device, non_blocking=True)
@@ -143,7 +146,12 @@ def train_step(st: StepState, x: torch.Tensor, y: torch.Tensor, *, stop: bool = 
     out = StepOutput(logits=logits.detach(), target=y, loss_sum=flags[0], norm=flags[1],
                      finite=bool(flags[2] == 0), stop=bool(flags[3] > 0))
     if out.finite:
-        optimizer_step(loss_sum / norm.clamp_min(1e-12), st.bare, st.optimizer, st.scaler,
+        # normalise by the GLOBAL valid-pixel count (or class weight): DDP averages the ranks'
+        # gradients, so world * local sum / global norm makes that average the gradient of the
+        # global per-pixel mean, whatever share of ignore pixels each rank's crops hold
+        world = torch.distributed.get_world_size() if dist_ready() else 1
+        scale = world / out.norm.clamp_min(1e-12)
+        optimizer_step(loss_sum * scale.to(loss_sum.dtype), st.bare, st.optimizer, st.scaler,
                        st.grad_clip)
         st.scheduler.step()
     return out
