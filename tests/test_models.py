@@ -467,3 +467,22 @@ def test_stage_init_strips_nested_wrapper_prefixes_without_touching_the_input() 
     assert list(state) == keys  # the caller's dict is not edited
     torch.testing.assert_close(new.head.score_s32.weight, old.head.score_s32.weight, rtol=0, atol=0)
     assert new.head.score_s16.weight.abs().sum() == 0
+
+
+def test_stage_init_refuses_a_parent_without_its_own_score_layer():
+    """Issue 17.8: a 32s state missing score_s32 (or with a mis-shaped one) is an error naming
+    it; only the layer new in this stage (score_s16) is zero-filled."""
+    from fcn_dist.errors import WeightsError
+
+    prev = create_model("fcn32s_resnet18", 3).state_dict()
+    child = create_model("fcn16s_resnet18", 3)
+    for drop in ("head.score_s32.weight", "head.score_s32.bias"):
+        bad = {k: v for k, v in prev.items() if k != drop}
+        with pytest.raises(WeightsError, match=drop.replace(".", r"\.")):
+            stage_init(child, bad)
+    shaped = dict(prev, **{"head.score_s32.bias": torch.zeros(5)})
+    with pytest.raises(WeightsError, match=r"head\.score_s32\.bias"):
+        stage_init(child, shaped)
+    stage_init(child, prev)  # the whole parent: fine, score_s16 starts at zero
+    assert float(child.head.score_s16.weight.abs().sum()) == 0.0
+    stage_init(child, child.state_dict())  # the same variant: a plain load

@@ -32,7 +32,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fcn_dist.errors import SpecError, WeightsError
 from fcn_dist.models.backbones import Backbone, create_backbone, list_backbones
-from fcn_dist.spec import UPSAMPLE_MODES, VARIANTS
+from fcn_dist.spec import PREVIOUS_VARIANT, UPSAMPLE_MODES, VARIANTS
 
 __all__ = [
     "FCN",
@@ -262,16 +262,20 @@ def stage_init(model: FCN, previous_state_dict: Mapping[str, Tensor] | nn.Module
     """Staged init: load an FCN-32s state into an FCN-16s (or 16s into 8s), in place.
 
     Every tensor of the previous model is copied (the backbone, the score layers, the shared
-    upsampling chain); the score layers the previous model lacks are set to zero, so right
-    after this the new model's output equals the previous model's exactly. Loading the same
-    variant also works (it is then a plain load). Raises WeightsError naming the keys when
-    the state does not come from the same backbone / classes / upsample mode.
+    upsampling chain); only the score layer NEW in this stage (16s: ``score_s16``, 8s:
+    ``score_s8``) is set to zero, so right after this the new model's output equals the
+    previous model's exactly. Loading the same variant also works (a plain load). Raises
+    WeightsError naming the keys when a layer of the previous stage is missing or mis-shaped
+    (another backbone, classes or upsample mode, or a truncated state).
     """
     if isinstance(previous_state_dict, nn.Module):
         previous_state_dict = previous_state_dict.state_dict()
     prev = _strip_wrappers(previous_state_dict)
     own = model.state_dict()
-    new_scores = [f"head.score_{t}." for t in model.head.fuse]
+    previous_taps = VARIANT_TAPS[PREVIOUS_VARIANT.get(model.variant, model.variant)]
+    if all(any(k.startswith(f"head.score_{t}.") for k in prev) for t in model.head.fuse):
+        previous_taps = model.head.fuse  # the same variant: a plain load
+    new_scores = [f"head.score_{t}." for t in model.head.fuse if t not in previous_taps]
     unexpected = [k for k in prev if k not in own]
     missing = [k for k in own if k not in prev and not k.startswith(tuple(new_scores))]
     mismatched = [
