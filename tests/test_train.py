@@ -228,6 +228,7 @@ def test_non_finite_loss_stops_with_training_error(ray_session, synthetic, store
     assert ResultsStore(store_root).runs().num_rows == 0
 
 
+@pytest.mark.slow  # ~50 s: learning quality, run with -m slow (README, Tests)
 @pytest.mark.ray
 def test_fcn8s_learns_synthetic_shapes(ray_session, tmp_path_factory, store_root, tmp_path):
     """FCN-8s (resnet18, random init) on synthetic 96x96 shapes: val mIoU >= 0.90 in 10 epochs.

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     kw: dict[str, Any] = {"model_name": a.model, "size": a.size, "batch": a.batch,
                           "steps": a.steps, "device": a.device}
     if a.dry_run:
-        kw.update(size=64, batch=2, steps=6, warmup=1, infer_iters=2, gemm_sizes=(256,))
+        kw.update(size=64, batch=2, steps=4, warmup=1, infer_iters=1, gemm_sizes=(256,))
     res = run_check(**kw, log=lambda s: print(s, file=sys.stderr, flush=True))
     text = json.dumps(res, indent=2, sort_keys=True)
     print(text)
