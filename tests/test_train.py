@@ -447,3 +447,46 @@ def test_ddp_step_normalises_by_the_global_valid_pixel_count(tmp_path):
         assert r["loss"] == pytest.approx(float(single.loss_sum / single.norm), rel=1e-6)
         for n, g in want.items():
             torch.testing.assert_close(r["grads"][n], g, rtol=1e-5, atol=1e-7)
+
+
+def test_val_loss_uses_the_class_weights_as_the_train_loss_does(synthetic):
+    """Issue 17.7: validate() reports the class-weighted mean cross-entropy, computed by hand."""
+    import torch.nn.functional as F
+
+    from fcn_dist.data import ShardDataset
+    from fcn_dist.data.transforms import Preprocessing
+    from fcn_dist.models import create_model
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.loop import LoopConfig, RankState, validate
+    from fcn_dist.train.step import make_step_state
+
+    weights = [0.5, 2.0, 4.0]
+    spec = JobSpec(backbone="resnet18", amp="off", crop_size=[64, 64], batch_size=4)
+    torch.manual_seed(0)
+    model = create_model("fcn8s_resnet18", 3)
+    for p in model.head.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.05)
+    st = make_step_state(model, spec, device=torch.device("cpu"), steps_per_epoch=1,
+                         ignore_index=255, class_weights=weights)
+    pre = Preprocessing((64, 64))
+    val = ShardDataset(synthetic, "val", transform=pre.transform())
+    cfg = LoopConfig(spec=spec, run_id="r", run_dir="/tmp", data_dir=str(synthetic), dataset="s",
+                     num_classes=3, classes=["a", "b", "c"], ignore_index=255, val_split="val",
+                     steps_per_epoch=1, data_loader="torch", class_weights=weights)
+    state = RankState(cfg=cfg, rank=0, world=1, device=torch.device("cpu"), step=st,
+                      preprocessing=pre, val_ds=val)
+    got = validate(state)["loss"]
+    model.eval()
+    num = den = 0.0
+    w = torch.tensor(weights)
+    with torch.no_grad():
+        for i in range(len(val)):
+            x, y = val[i]
+            logits = model(x[None]).float()
+            num += float(F.cross_entropy(logits, y[None], weight=w, ignore_index=255, reduction="sum"))
+            valid = y != 255
+            den += float(w[y[valid]].sum())
+    assert got == pytest.approx(num / den, rel=1e-5)
+    plain = float(F.cross_entropy(model(torch.stack([val[i][0] for i in range(len(val))])).float(),
+                                  torch.stack([val[i][1] for i in range(len(val))]), ignore_index=255))
+    assert got != pytest.approx(plain, rel=1e-3)  # the unweighted mean would differ

@@ -342,7 +342,8 @@ def _ray_batches(shard, *, batch_size: int, skip: int, max_steps: int | None,
 
 # --------------------------------------------------------------------------- validation
 def validate(state: RankState) -> dict[str, Any]:
-    """Metrics of the whole val split (each rank scores its share; the sums are synced)."""
+    """Metrics of the whole val split (each rank scores its share; the sums are synced). The
+    val loss is weighted by the run's class weights, as the training loss is."""
     bare = state.step.bare
     # BatchNorm running stats drift apart per rank (each updates them with its own batch):
     # take rank 0's, the ones the checkpoint holds, so validation evaluates that model
@@ -355,7 +356,7 @@ def validate(state: RankState) -> dict[str, Any]:
                     batch_size=spec.eval_batch_size or spec.batch_size,
                     indices=list(range(state.rank, len(state.val_ds), state.world)),
                     device=state.device, amp_dtype=state.step.settings.amp_dtype,
-                    num_workers=state.cfg.loader_workers)
+                    num_workers=state.cfg.loader_workers, class_weight=state.step.class_weight)
 
 
 def epoch_metrics(state: RankState, epoch: int, part: EpochTrain, val: dict[str, Any],
