@@ -152,6 +152,21 @@ class JobSpec:
         """Registry name of the model, e.g. ``fcn8s_vgg16``."""
         return f"fcn{self.variant}_{self.backbone}"
 
+    def eval_splits(self, splits: dict[str, int], where: str = "data") -> tuple[str, str]:
+        """``(val split, test split)`` of a dataset with ``splits`` (name -> rows): ``val_split``
+        (default ``val``), ``test_split`` (default ``test`` if there is one, else the val split).
+        A missing or EMPTY one is a SpecError naming it (an empty split scores NaN)."""
+        val = self.val_split or "val"
+        test = self.test_split or ("test" if "test" in splits else val)
+        have = ", ".join(splits) or "none"
+        for fld, split in (("val_split", val), ("test_split", test)):
+            if split not in splits:
+                raise SpecError(f"{fld}: {where} has no {split!r} split (splits: {have})")
+            if int(splits[split]) < 1:
+                raise SpecError(f"{fld}: split {split!r} of {where} is empty (0 rows); "
+                                "prepare it with images or choose another split")
+        return val, test
+
     def data_dir(self, root: str | Path | None = None) -> Path:
         """The prepared dataset directory (``data`` resolved under FCN_DATA unless absolute)."""
         from fcn_dist import config

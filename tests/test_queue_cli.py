@@ -211,3 +211,22 @@ def test_worker_cli_bad_run_fn_and_auth_are_one_line(redis_url, redis_prefix):
     assert "Traceback" not in r.stderr
     r = worker(redis_url, redis_prefix, "--lease-seconds", "1", "--heartbeat-seconds", "2")
     assert r.returncode != 0 and "error: heartbeat_seconds must be shorter" in r.stderr
+
+
+def test_submit_refuses_an_empty_val_split_naming_it(cli, tmp_path, monkeypatch):
+    """A folder dataset whose val fraction rounds to no image: fcn-submit refuses it (the
+    worker would score NaN and pick a checkpoint on nothing), before Redis is contacted."""
+    from data_fixtures import make_folder
+    from fcn_dist.data.sources import prepare
+
+    make_folder(tmp_path / "src", n=3)
+    prepare("folder", tmp_path / "data" / "few", root=tmp_path / "src", val_fraction=0.05)
+    monkeypatch.setenv("FCN_DATA", str(tmp_path / "data"))
+    p = tmp_path / "s.yaml"
+    p.write_text("name: few\ndata: few\n")
+    submit, _ = cli
+    err = one_line_error(submit("--spec", str(p)), 2)
+    assert "val_split" in err and "'val'" in err and "empty" in err
+    p.write_text("name: few\ndata: few\nval_split: train\ntest_split: holdout\n")
+    err = one_line_error(submit("--spec", str(p)), 2)
+    assert "test_split" in err and "holdout" in err

@@ -490,3 +490,18 @@ def test_val_loss_uses_the_class_weights_as_the_train_loss_does(synthetic):
     plain = float(F.cross_entropy(model(torch.stack([val[i][0] for i in range(len(val))])).float(),
                                   torch.stack([val[i][1] for i in range(len(val))]), ignore_index=255))
     assert got != pytest.approx(plain, rel=1e-3)  # the unweighted mean would differ
+
+
+def test_an_empty_val_split_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    from data_fixtures import make_folder
+    from fcn_dist.data.sources import prepare
+    from fcn_dist.errors import SpecError
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.trainer import check_inputs
+
+    make_folder(tmp_path / "src", n=3)
+    s = prepare("folder", tmp_path / "few", root=tmp_path / "src", val_fraction=0.05)
+    assert s["splits"]["val"] == 0
+    spec = JobSpec(name="few", data=str(tmp_path / "few"), epochs=1)
+    with pytest.raises(SpecError, match=r"val_split: split 'val' of .*few is empty"):
+        check_inputs(spec, run_dir=tmp_path / "run", init_from=None, job_id=None)

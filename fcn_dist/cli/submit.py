@@ -54,15 +54,17 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     from fcn_dist.spec import load_spec
 
     variants = parse_variants(variant)
+    # everything the worker would refuse is refused here, before Redis is contacted
+    spec = load_spec(spec_path, overrides, variant=variants[0], backbone=backbone)
+    for v in variants[1:]:
+        spec.replace(variant=v)  # validate every variant up front
+    _check_local_data(spec)
     q = JobQueue(redis_url, prefix=prefix)
 
     def warn(delay: float, err: Exception) -> None:
         click.echo(f"redis unavailable, retrying in {delay:.1f}s ({err})", err=True)
 
     q.call_with_retry(q.ping, attempts=3, base=0.5, on_retry=warn)
-    spec = load_spec(spec_path, overrides, variant=variants[0], backbone=backbone)
-    for v in variants[1:]:
-        spec.replace(variant=v)  # validate every variant up front
     subs = q.call_with_retry(
         lambda: q.submit_variants(spec, variants, staged=staged, priority=priority,
                                   max_attempts=max_attempts, force=force),
@@ -76,6 +78,18 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     summary = ", ".join(f"{s.variant} {s.id} ({s.state}{'' if s.created else ', already submitted'})"
                         for s in subs)
     click.echo(f"submitted {spec.name}: {summary}", err=True)
+
+
+def _check_local_data(spec) -> None:
+    """Where the prepared data is visible from this host, its val and test splits must exist
+    and hold rows (the workers check again: they may see another copy)."""
+    manifest = spec.data_dir() / "manifest.json"
+    try:
+        splits = json.loads(manifest.read_text()).get("splits")
+    except (OSError, ValueError):
+        return
+    if isinstance(splits, dict):
+        spec.eval_splits(splits, where=str(manifest.parent))
 
 
 if __name__ == "__main__":

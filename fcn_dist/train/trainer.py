@@ -202,13 +202,7 @@ def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from:
     manifest = read_manifest(data_dir)
     if "train" not in manifest.splits:
         raise SpecError(f"data: {data_dir} has no train split (splits: {', '.join(manifest.splits)})")
-    val_split = spec.val_split or ("val" if "val" in manifest.splits else None)
-    if val_split is None or val_split not in manifest.splits:
-        raise SpecError(f"data: {data_dir} has no {val_split or 'val'!r} split for validation "
-                        f"(splits: {', '.join(manifest.splits)}); set val_split")
-    test_split = spec.test_split or ("test" if "test" in manifest.splits else val_split)
-    if test_split not in manifest.splits:
-        raise SpecError(f"test_split: {data_dir} has no {test_split!r} split")
+    val_split, test_split = spec.eval_splits(manifest.splits, where=str(data_dir))
     for split in sorted({"train", val_split, test_split}):
         # size, row count and sha256 of every shard: a corrupt shard fails here with a DataError
         # naming it, before Ray starts (a worker-side failure would be retried max_failures times)
