@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +37,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "median_frequency")
 DATA_LOADERS = ("auto", "ray", "torch")
 MAX_SPEC_BYTES = 64 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: no trailing newline
 
 
 @dataclass
@@ -93,6 +94,9 @@ class JobSpec:
             raw = {}
         if not isinstance(raw, dict):
             raise SpecError(f"{source}: a job spec must be a mapping of fields, got {type(raw).__name__}")
+        bad_keys = [k for k in raw if not isinstance(k, str)]
+        if bad_keys:
+            raise SpecError(f"{source}: field names must be strings, got {bad_keys[0]!r}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -104,6 +108,10 @@ class JobSpec:
         for key, value in raw.items():
             setattr(spec, key, _coerce(key, value, known[key], source))
         spec.validate(source=source)
+        stored = len(spec.to_json())  # ASCII: non-ASCII text is stored as \\u escapes
+        if stored > MAX_SPEC_BYTES:
+            raise SpecError(f"{source}: spec is {stored} bytes as stored JSON (non-ASCII characters "
+                            f"take 6-12 bytes each), more than {MAX_SPEC_BYTES}")
         return spec
 
     @classmethod
@@ -126,7 +134,7 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "json spec") -> "JobSpec":
         """Parse a spec stored as JSON (the form kept in Redis)."""
-        if len(text) > MAX_SPEC_BYTES:
+        if len(text.encode() if isinstance(text, str) else text) > MAX_SPEC_BYTES:
             raise SpecError(f"{source}: spec is larger than {MAX_SPEC_BYTES} bytes")
         try:
             raw = json.loads(text)
@@ -168,11 +176,11 @@ class JobSpec:
         return val, test
 
     def data_dir(self, root: str | Path | None = None) -> Path:
-        """The prepared dataset directory (``data`` resolved under FCN_DATA unless absolute)."""
+        """The prepared dataset directory: ``data`` under the prepared-data root (FCN_DATA); an
+        absolute path must lie inside it."""
         from fcn_dist import config
 
-        p = Path(self.data).expanduser()
-        return p if p.is_absolute() else config.data_path(root) / p
+        return confined("data", self.data, config.data_path(root), "FCN_DATA")
 
     def store_dir(self, root: str | Path | None = None) -> Path:
         """The results store root for this job (confined under FCN_STORE)."""
@@ -194,7 +202,7 @@ class JobSpec:
         def bad(fld: str, msg: str) -> SpecError:
             return SpecError(f"{source}: field '{fld}': {msg}")
 
-        if not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise bad("name", f"{self.name!r} must match [A-Za-z0-9_.-]{{1,64}}")
         _choice("variant", self.variant, VARIANTS, bad)
         _choice("optimizer", self.optimizer, OPTIMIZERS, bad)
@@ -206,12 +214,14 @@ class JobSpec:
         _choice("data_loader", self.data_loader, DATA_LOADERS, bad)
         for fld in ("val_split", "test_split"):
             v = getattr(self, fld)
-            if v is not None and not _NAME_RE.match(v):
+            if v is not None and not (isinstance(v, str) and _NAME_RE.fullmatch(v)):
                 raise bad(fld, f"{v!r} must match [A-Za-z0-9_.-]{{1,64}}")
         if self.backbone not in BACKBONES:
             raise bad("backbone", f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         if not self.data or "\x00" in self.data:
             raise bad("data", "must be a non-empty path")
+        if os.path.normpath(self.data).split(os.sep)[0] == "..":  # absolute ones: see data_dir
+            raise bad("data", f"{self.data!r} leaves the prepared-data root (FCN_DATA)")
         for fld, lo in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_failures", 0),
                         ("checkpoints_to_keep", 1)):
             v = getattr(self, fld)
@@ -336,6 +346,18 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             raise bad("string is too long")
         return value
     return value
+
+
+def confined(fld: str, value: str | Path, root: Path, env: str) -> Path:
+    """``value`` resolved under ``root``; a path that leaves it (``..``, absolute elsewhere) is a
+    SpecError naming the field. Normalised lexically, not through symlinks: a link the operator
+    placed inside the root (e.g. to a dataset on another disk) is theirs to make."""
+    root = Path(os.path.normpath(root))
+    p = Path(os.path.normpath(root / Path(value).expanduser()))
+    if p != root and root not in p.parents:
+        raise SpecError(f"{fld}: {str(value)!r} is outside {root} (the {env} root); give a path "
+                        f"inside it or set {env}")
+    return p
 
 
 def parse_overrides(items: Iterable[str], *, source: str = "--set") -> dict[str, Any]:

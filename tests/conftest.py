@@ -10,6 +10,20 @@ import pytest
 REDIS_URL = os.environ.get("FCN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_root(tmp_path_factory):
+    """The prepared-data root (FCN_DATA) of the session: its temporary directory, so datasets the
+    tests prepare under tmp_path are inside it (specs may not point outside FCN_DATA)."""
+    root = tmp_path_factory.getbasetemp()
+    old = os.environ.get("FCN_DATA")
+    os.environ["FCN_DATA"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("FCN_DATA", None)
+    else:
+        os.environ["FCN_DATA"] = old
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Start (once) a local Ray instance for the whole test session.

@@ -670,3 +670,40 @@ def test_end_to_end_smoke_all_variants_through_the_queue(tmp_path, redis_url, re
     assert all(j.result.get("best_checkpoint") and j.run_dir for j in jobs)
     runs = ResultsStore(store).runs().to_pylist()
     assert sorted(r["job_id"] for r in runs) == sorted(ids)
+
+
+# --------------------------------------------------------------------------- paths from Redis
+def test_tampered_run_dir_and_init_from_are_never_used(queue, tmp_path, monkeypatch):
+    """A record rewritten in Redis (run_dir=/root/.ssh, init_from outside the parent's run) must
+    not steer the worker: the run dir is derived from the job, init_from must be a checkpoint of
+    the parent job under FCN_RUNS; the job fails at once naming it, before any training."""
+    from fcn_dist.queue.worker import job_paths
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("FCN_RUNS", str(runs))
+    lone = queue.submit(mkspec("tamper", "8s")).id
+    queue.redis.hset(queue.key("job", lone), mapping={"run_dir": "/root/.ssh", "init_from": "/root/.ssh/x"})
+    with pytest.raises(SpecError, match="has no parent"):
+        job_paths(queue.get(lone))
+    queue.redis.hset(queue.key("job", lone), "init_from", "")
+    assert job_paths(queue.get(lone)) == (str(runs / f"{lone}-8s"), None)
+    queue.cancel(lone)
+
+    subs = queue.submit_variants(mkspec("tchain"), ["32s", "16s"], staged=True)
+    _, t = start_thread_worker(queue, lambda job, stop: {"best_checkpoint": "/etc/ssh"}, max_jobs=1)
+    t.join(10)
+    child = queue.get(subs[1].id)
+    assert child.state == "queued" and child.init_from == "/etc/ssh"
+    _, t = start_thread_worker(queue, None)  # the real job function
+    t.join(20)
+    child = queue.get(subs[1].id)
+    assert child.state == "failed" and child.attempts == 1
+    assert "init_from" in child.error and "not a checkpoint of its parent" in child.error
+    assert not (runs / f"{subs[1].id}-16s").exists()
+
+    good = runs / f"{subs[0].id}-32s" / "checkpoint_000001"
+    queue.redis.hset(queue.key("job", subs[1].id), "init_from", str(good))
+    assert job_paths(queue.get(subs[1].id)) == (str(runs / f"{subs[1].id}-16s"), str(good))
+    queue.redis.hset(queue.key("job", subs[1].id), "init_from", str(runs / f"{subs[0].id}-32s/../x"))
+    with pytest.raises(SpecError, match="not a checkpoint of its parent"):
+        job_paths(queue.get(subs[1].id))

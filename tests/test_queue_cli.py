@@ -230,3 +230,47 @@ def test_submit_refuses_an_empty_val_split_naming_it(cli, tmp_path, monkeypatch)
     p.write_text("name: few\ndata: few\nval_split: train\ntest_split: holdout\n")
     err = one_line_error(submit("--spec", str(p)), 2)
     assert "test_split" in err and "holdout" in err
+
+
+@pytest.mark.parametrize("data, needle", [
+    ("../../../../etc", "leaves the prepared-data root"),
+    ("/etc", "is outside"),
+    ("~/.ssh", "is outside"),
+])
+def test_submit_confines_data_under_fcn_data(cli, tmp_path, monkeypatch, data, needle):
+    monkeypatch.setenv("FCN_DATA", str(tmp_path / "data"))
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: conf\ndata: '{data}'\n")
+    submit, _ = cli
+    err = one_line_error(submit("--spec", str(p)), 2)
+    assert "data" in err and needle in err
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("name: \"x\\n\"\n", "name"),
+    ("name: t\n1: 2\n", "field names must be strings"),
+    ("name: t\ndata: '" + "\U0001F600" * 4000 + "'\nstore: '" + "\U0001F600" * 4000 + "'\n",
+     "stored JSON"),
+])
+def test_submit_refuses_what_the_worker_would(cli, tmp_path, content, needle):
+    p = tmp_path / "s.yaml"
+    p.write_text(content, encoding="utf-8")
+    assert p.stat().st_size < 64 * 1024
+    submit, _ = cli
+    err = one_line_error(submit("--spec", str(p)), 2)
+    assert needle in err
+
+
+def test_duplicate_submit_says_which_settings_it_did_not_apply(cli, queue, spec_file):
+    submit, _ = cli
+    first = submit("--spec", str(spec_file), "--variant", "32s", "--priority", "1")
+    assert first.exit_code == 0, first.output
+    again = submit("--spec", str(spec_file), "--variant", "32s", "--priority", "7", "--max-attempts", "9")
+    assert again.exit_code == 0 and again.stdout.split() == first.stdout.split()
+    note = [ln for ln in again.stderr.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1 and "--priority 7 not applied (it keeps 1)" in note[0]
+    assert "--max-attempts 9 not applied (it keeps 3)" in note[0]
+    job = queue.get(first.stdout.split()[0])
+    assert job.priority == 1 and job.max_attempts == 3
+    same = submit("--spec", str(spec_file), "--variant", "32s", "--priority", "1")
+    assert "note:" not in same.stderr

@@ -432,6 +432,7 @@ def run_service_bench(
                            "batch": batch, "steps_per_epoch": steps,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     work = tempfile.mkdtemp(prefix="fcn-bench-service-")
+    os.environ["FCN_DATA"] = work  # the benchmark's data root (specs stay inside FCN_DATA)
     try:
         data_dir = None
         if "train" in parts or "ingest" in parts:

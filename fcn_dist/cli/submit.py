@@ -69,6 +69,8 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
         lambda: q.submit_variants(spec, variants, staged=staged, priority=priority,
                                   max_attempts=max_attempts, force=force),
         attempts=1 if force else 3, base=0.5, on_retry=warn)
+    for note in _unapplied_settings(q, subs, priority=priority, max_attempts=max_attempts):
+        click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps([{"id": s.id, "variant": s.variant, "state": s.state,
                                 "created": s.created} for s in subs]))
@@ -78,6 +80,27 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     summary = ", ".join(f"{s.variant} {s.id} ({s.state}{'' if s.created else ', already submitted'})"
                         for s in subs)
     click.echo(f"submitted {spec.name}: {summary}", err=True)
+
+
+def _unapplied_settings(q, subs, **asked: int) -> list[str]:
+    """A note per duplicate submission whose explicitly given --priority/--max-attempts differ
+    from the existing job's: those are not changed (the existing job is returned as it is)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {k: v for k, v in asked.items()
+             if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    notes = []
+    for s in subs:
+        if s.created or not given:
+            continue
+        job = q.call_with_retry(lambda: q.get(s.id), attempts=3, base=0.5)
+        kept = [f"--{k.replace('_', '-')} {v} not applied (it keeps {getattr(job, k)})"
+                for k, v in given.items() if getattr(job, k) != v]
+        if kept:
+            notes.append(f"note: {s.variant} {s.id} was already submitted: {'; '.join(kept)}; "
+                         "cancel it or use --force to submit anew")
+    return notes
 
 
 def _check_local_data(spec) -> None:

@@ -53,19 +53,43 @@ def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, (SpecError, DataError, WeightsError))
 
 
+def job_paths(job: Job) -> tuple[str, str | None]:
+    """``(run dir, init_from)`` of a job, never taken on trust from its Redis record: the run
+    dir is derived from the job (``<FCN_RUNS>/<job id>-<variant>``: deterministic, so a job
+    reclaimed after a crash or released on SIGTERM resumes from its checkpoints); ``init_from``
+    must be a checkpoint of the job's parent (staged chains) under FCN_RUNS, and a spec's own
+    ``init_from`` a checkpoint under FCN_RUNS. Anything else is a SpecError naming the job."""
+    from fcn_dist import config
+    from fcn_dist.spec import VARIANTS, confined
+
+    runs = config.runs_path()
+    run_dir = str(runs / monitoring.run_name(job.id, job.variant))
+    if job.init_from:
+        if not job.depends_on:
+            raise SpecError(f"job {job.id}: init_from {job.init_from!r} but the job has no parent")
+        parent_dirs = {monitoring.run_name(job.depends_on, v) for v in VARIANTS}
+        try:
+            path = confined("init_from", job.init_from, runs, "FCN_RUNS")
+            inside = path.parent != runs and path.relative_to(runs).parts[0] in parent_dirs
+        except SpecError:
+            inside = False
+        if not inside:
+            raise SpecError(f"job {job.id}: init_from {job.init_from!r} is not a checkpoint of its "
+                            f"parent job {job.depends_on} under {runs}")
+        return run_dir, str(path)
+    if job.spec.init_from:
+        confined("init_from", job.spec.init_from, runs, "FCN_RUNS")
+    return run_dir, None
+
+
 def train_run_fn(job: Job, should_stop: Callable[[], bool], *, ray_address: str | None = None,
-                 run_dir: str | None = None,
                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The default job function: one Ray Train run of the job's spec.
+    """The default job function: one Ray Train run of the job's spec, in the job's own run dir
+    (:func:`job_paths`); staged jobs start from their parent's best checkpoint."""
+    from fcn_dist import train  # lazy: the training stack is heavy
 
-    ``run_dir`` defaults to ``runs_path()/<job id>``: deterministic, so a job reclaimed after a
-    crash or released on SIGTERM resumes from its checkpoints. Staged jobs start from their
-    parent's best checkpoint (``job.init_from``).
-    """
-    from fcn_dist import config, train  # lazy: the training stack is heavy
-
-    run_dir = run_dir or job.run_dir or str(config.runs_path() / job.id)
-    return train.run(job.spec, job_id=job.id, run_dir=run_dir, init_from=job.init_from or None,
+    run_dir, init_from = job_paths(job)
+    return train.run(job.spec, job_id=job.id, run_dir=run_dir, init_from=init_from,
                      should_stop=should_stop, ray_address=ray_address, on_progress=on_progress)
 
 
@@ -430,12 +454,10 @@ class Worker:
 
     # ------------------------------------------------------------------ default job function
     def _default_run_fn(self, job: Job, should_stop: Callable[[], bool]) -> dict[str, Any]:
-        from fcn_dist import config
-
-        run_dir = job.run_dir or str(config.runs_path() / monitoring.run_name(job.id, job.variant))
-        if not job.run_dir:
+        run_dir, _ = job_paths(job)
+        if job.run_dir != run_dir:  # shown by fcn-jobs show; never read back as a path
             self._call(lambda: self.queue.set_run_dir(job.id, run_dir), stop_on_request=True)
-        return train_run_fn(job, should_stop, ray_address=self.ray_address, run_dir=run_dir,
+        return train_run_fn(job, should_stop, ray_address=self.ray_address,
                             on_progress=self._progress_fn(job))
 
     def _progress_fn(self, job: Job) -> Callable[[dict[str, Any]], None]:
