@@ -415,7 +415,8 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         "started_at": started, "finished_at": finished,
     }
     store.write_run(row)
-    return _summary_from_row(row, test_split=test_split, step_seconds=rv.get("step_seconds"))
+    return _summary_from_row(row, test_split=test_split, step_seconds=rv.get("step_seconds"),
+                             data_seconds=rv.get("data_seconds"))
 
 
 def _best_checkpoint(result) -> tuple[str | None, dict[str, Any]]:
