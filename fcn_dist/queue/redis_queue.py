@@ -366,7 +366,8 @@ class JobQueue:
 
     def _submit(self, stages: list[list[Any]], *, chain_key: str, depends_on: str, force: bool,
                 retention: str | float | None) -> list[Submission]:
-        keep = self.retention(retention)  # a bad setting is refused before anything is written
+        keep = self.retention(retention)  # bad settings are refused before anything is written
+        self.dead_max()
         self._sweep_quietly()
         args: list[Any] = ["1" if force else "0", chain_key, depends_on,
                            -1 if keep is None else f"{keep:.3f}", len(stages)]
