@@ -382,3 +382,18 @@ def test_submit_retention_flag_and_env(cli, queue, monkeypatch, tmp_path):
     monkeypatch.setenv("FCN_RETENTION", "1d")
     monkeypatch.setenv("FCN_DEAD_MAX", "lots")
     assert "FCN_DEAD_MAX" in one_line_error(submit("--spec", str(spec), "--force"), 1)
+
+
+# --------------------------------------------------------------------------- the benchmark
+def test_queue_memory_benchmark_tiny(redis_url):
+    from fcn_dist.bench.queue_memory import bench_queue_memory, format_queue_memory
+
+    res = bench_queue_memory(redis_url, jobs=30, per_job=5, retention="0s", samples=2)
+    kinds = res["per_job_bytes_by_kind"]
+    assert kinds["job"] > 1000 and kinds["hist"] > 0 and kinds["logs"] > 0
+    on, off = res["retention_on"], res["retention_off"]
+    assert off["records_left"] == 30 and on["records_left"] <= 2 and on["bytes"] < off["bytes"] / 5
+    assert "BYTES PER FINISHED JOB" in format_queue_memory(res)
+    r = redis.Redis.from_url(redis_url)
+    assert not any(r.scan_iter(match=on["prefix"] + "*")) and not any(r.scan_iter(match=off["prefix"] + "*"))
+    r.close()

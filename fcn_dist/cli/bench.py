@@ -35,8 +35,9 @@ def _write_json(path: str | None, res: dict[str, Any]) -> None:
 @click.group(cls=Group, fcn_error_code=2,  # a benchmark error is about its options: exit 2
              context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation) and
-    `fcn-bench service` (Ray Train overhead, ingest, queue, store). Figures, never asserts."""
+    """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation),
+    `fcn-bench service` (Ray Train overhead, ingest, queue, store) and `fcn-bench queue-memory`
+    (Redis bytes per finished job, retention on vs off). Figures, never asserts."""
 
 
 @main.command()
@@ -132,6 +133,26 @@ def service(model_name, size, batch, steps, epochs, repeats, settle_seconds, cou
                             store_runs=store_runs, store_epochs=store_epochs, parts=parts,
                             log=lambda s: click.echo(s, err=True))
     click.echo(format_service_table(res))
+    _write_json(json_out, res)
+
+
+@main.command("queue-memory")
+@click.option("--jobs", type=click.IntRange(1), default=10_000, show_default=True,
+              help="jobs run through the queue with retention on, then off")
+@click.option("--per-job", type=click.IntRange(1), default=500, show_default=True,
+              help="finished jobs (kept) measured for the bytes per job by key kind")
+@click.option("--retention", default="1s", show_default=True, metavar="DURATION",
+              help="the short retention of the 'on' run")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="Redis to measure on (a unique key prefix, removed afterwards)")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
+def queue_memory(jobs, per_job, retention, redis_url, json_out) -> None:
+    """Redis memory per finished job by key kind, and after JOBS jobs with retention on vs off."""
+    from fcn_dist.bench.queue_memory import bench_queue_memory, format_queue_memory
+
+    res = bench_queue_memory(redis_url, jobs=jobs, per_job=per_job, retention=retention,
+                             log=lambda s: click.echo(s, err=True))
+    click.echo(format_queue_memory(res))
     _write_json(json_out, res)
 
 
