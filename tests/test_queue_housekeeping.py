@@ -202,6 +202,7 @@ def test_list_limit_zero_prints_nothing_and_negative_is_a_usage_error(cli, queue
     assert r.exit_code == 0 and r.stdout == "", r.output
     assert json.loads(jobs("list", "--limit", "0", "--json").stdout) == []
     assert [j["name"] for j in json.loads(jobs("list", "--limit", "2", "--json").stdout)] == ["l1", "l2"]
+    assert len(json.loads(jobs("list", "--limit", "10", "--json").stdout)) == 3
     err = one_line_error(jobs("list", "--limit", "-1"), 2)
     assert "--limit" in err
     with pytest.raises(QueueError, match="limit"):

@@ -36,9 +36,10 @@ transition is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in fron
 A finished job (succeeded, failed, cancelled) is kept `retention` seconds (`FCN_RETENTION`,
 default `7d`, `never` keeps it; `fcn-submit --retention`, stored per job at submit). Every
 submit first runs a sweep (`purge.lua`, bounded: at most 200 jobs): jobs due in `P finished` are
-purged with their history, logs, events and index entries (a parent of live jobs is looked at
-again an hour later), the dead-letter list is cut to `FCN_DEAD_MAX`, and events older than the
-submitter's retention are trimmed from the stream. `fcn-jobs purge` does the same on demand.
+purged with their history, logs and index entries (a parent of live jobs is looked at again an
+hour later), the dead-letter list is cut to `FCN_DEAD_MAX` (the oldest go), and events older
+than the submitter's retention are trimmed from the stream (which is also capped at ~10000).
+`fcn-jobs purge` does the same on demand and also deletes the purged jobs' events at once.
 
 ### States and transitions
 
@@ -393,6 +394,8 @@ class JobQueue:
         # housekeeping never stands in the way of a submission: its failure is only logged
         try:
             self.sweep()
+        except RedisUnavailable:
+            pass  # the submission that follows meets (and reports) the same outage
         except QueueError as e:
             log.warning("queue sweep skipped: %s", e)
 
@@ -592,7 +595,7 @@ class JobQueue:
             members = self.redis.smembers(self.key("state", state))
             ids = [i for i in ids if i in members]
         if limit is not None:
-            ids = ids[len(ids) - limit:] if limit else []
+            ids = ids[max(0, len(ids) - limit):] if limit else []
         return self._jobs(ids)
 
     def _jobs(self, ids: list[str]) -> list[Job]:
