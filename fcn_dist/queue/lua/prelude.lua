@@ -7,6 +7,17 @@ local NOWS = string.format('%.3f', NOW / 1000)
 local function jkey(id) return P .. 'job:' .. id end
 local function hget(id, f) return redis.call('HGET', jkey(id), f) end
 
+-- finished jobs (succeeded, failed, cancelled) are indexed in `P finished` by when they expire:
+-- finish time + the job's `retention` seconds; a job kept forever (no retention) is not indexed
+local function index_finished(id, state)
+  local r = tonumber(redis.call('HGET', jkey(id), 'retention') or '')
+  if (state == 'succeeded' or state == 'failed' or state == 'cancelled') and r and r >= 0 then
+    redis.call('ZADD', P .. 'finished', NOW + math.floor(r * 1000), id)
+  else
+    redis.call('ZREM', P .. 'finished', id)
+  end
+end
+
 -- record an event; `new` may be nil (state unchanged)
 local function record(id, event, new, reason, worker)
   local jk = jkey(id)
@@ -17,6 +28,7 @@ local function record(id, event, new, reason, worker)
     if old ~= '' then redis.call('SREM', P .. 'state:' .. old, id) end
     redis.call('SADD', P .. 'state:' .. new, id)
     redis.call('HSET', jk, 'state', new)
+    index_finished(id, new)
   end
   redis.call('HSET', jk, 'updated_at', NOWS)
   local attempts = redis.call('HGET', jk, 'attempts') or '0'

@@ -26,7 +26,10 @@ local dep = hget(id, 'depends_on')
 local new_state = 'queued'
 if dep and dep ~= '' then
   local pst = hget(dep, 'state')
-  if pst == 'failed' or pst == 'cancelled' then
+  if not pst then
+    return redis.error_reply('job ' .. id .. ' cannot be retried: its parent job ' .. dep
+      .. ' was purged; submit the chain again')
+  elseif pst == 'failed' or pst == 'cancelled' then
     return redis.error_reply('job ' .. id .. ' waits for parent job ' .. dep .. ', which is ' .. pst
       .. '; retry the parent (its staged children follow it)')
   elseif pst == 'succeeded' then
