@@ -545,7 +545,8 @@ class JobQueue:
                 e = json.loads(x)
             except ValueError:
                 e = None
-            out.append(e if isinstance(e, dict) else {"event": "unreadable", "reason": str(x)[:200]})
+            out.append(e if isinstance(e, dict) else {"event": "unreadable", "from": "", "to": "",
+                                                    "reason": str(x)[:200]})
         return out
 
     @_wrap_redis_errors
