@@ -94,7 +94,8 @@ def test_corrupt_queued_record_is_dead_lettered_and_the_worker_carries_on(queue,
     assert {queue.get(i).state for i in good + [ts]} == {"succeeded"}
     job = queue.get(bad)
     assert job.state == "failed" and job.corrupt and job.shown_state == "corrupt"
-    assert job.error == f"corrupt record: {field} 'abc' is not {'a number' if field == 'score' else 'an integer'}"
+    kind = "a number" if field == "score" else "an integer"
+    assert job.error == f"corrupt record: {field} 'abc' is not {kind}"
     assert queue.redis.hget(queue.key("job", bad), "attempts") == ("abc" if field == "attempts" else "0")
     assert [j.id for j in queue.dead_letters()] == [bad]
     assert queue.counts()["running_leases"] == 0 and queue.counts()["ready"] == 0

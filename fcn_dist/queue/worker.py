@@ -180,8 +180,8 @@ class Worker:
     when nothing is ready, no retry is waiting out its backoff and no job is running anywhere
     (a running job may still fail and be retried, lose its lease, or release staged children,
     so the worker keeps polling while any runs). ``max_jobs``: exit after that many jobs.
-    ``report_timeout``: once the worker is stopping, how long it keeps trying to record an
-    outcome while Redis is away (otherwise it tries until Redis is back).
+    ``report_timeout``: how long after a stop request the worker keeps trying to record an
+    outcome while Redis is away (until then it tries until Redis is back).
     """
 
     def __init__(self, queue: JobQueue, run_fn: RunFn | None = None, worker_id: str | None = None,
@@ -208,6 +208,7 @@ class Worker:
         self.processed = 0
         self.outcomes: list[tuple[str, str]] = []  # (job id, outcome) of this worker's jobs
         self._stop = threading.Event()
+        self._stop_requested_at = 0.0
         self._redis_down = False
         self._current: _Run | None = None
         self._linked: set[str] = set()  # jobs whose dashboard link was printed
@@ -217,6 +218,7 @@ class Worker:
         """Finish (or interrupt) the current job and leave the loop."""
         if not self._stop.is_set():
             log.info("worker %s: %s; stopping", self.id, reason)
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
 
     @property
@@ -230,16 +232,17 @@ class Worker:
         self.request_stop(f"received {signal.Signals(signum).name}")
 
     # ------------------------------------------------------------------ redis with backoff
-    def _call(self, fn: Callable[[], Any], *, deadline: float | None = None,
+    def _call(self, fn: Callable[[], Any], *, grace: float | None = None,
               stop_on_request: bool = False) -> Any:
         """Run a queue call, retrying with capped exponential backoff while Redis is down or
-        refuses commands (OOM, READONLY, BUSY). ``deadline`` (monotonic) only counts once the
-        worker is stopping; ``stop_on_request``: give up at once when it is."""
+        refuses commands (OOM, READONLY, BUSY). Once the worker is stopping it gives up at once
+        (``stop_on_request``) or ``grace`` seconds after the stop was requested."""
 
         def give_up() -> bool:
             if not self._stop.is_set():
                 return False
-            return stop_on_request or (deadline is not None and time.monotonic() > deadline)
+            return stop_on_request or (grace is not None
+                                       and time.monotonic() > self._stop_requested_at + grace)
 
         out = self.queue.call_with_retry(fn, base=0.5, cap=self.redis_backoff_cap,
                                          on_retry=self._redis_lost, should_stop=give_up,
@@ -376,7 +379,7 @@ class Worker:
 
     def _report(self, run: _Run, result: Any, exc: BaseException | None, seconds: float) -> str:
         job, q, lease = run.job, self.queue, run.job.lease
-        deadline = time.monotonic() + self.report_timeout
+        grace = self.report_timeout
         try:
             if run.lost.is_set():
                 log.warning("job %s: lease %d lost (the job was reaped or claimed again); outcome "
@@ -384,18 +387,18 @@ class Worker:
                 return "lost"
             if run.cancel.is_set():
                 reason = "cancelled while running"
-                self._call(lambda: q.ack_cancel(job.id, self.id, reason, lease=lease), deadline=deadline)
+                self._call(lambda: q.ack_cancel(job.id, self.id, reason, lease=lease), grace=grace)
                 log.info("job %s cancelled after %.1fs", job.id, seconds)
                 return "cancelled"
             if exc is None:
                 if not isinstance(result, dict):
                     result = {"value": result}
-                self._call(lambda: q.complete(job.id, self.id, result, lease=lease), deadline=deadline)
+                self._call(lambda: q.complete(job.id, self.id, result, lease=lease), grace=grace)
                 log.info("job %s succeeded in %.1fs%s", job.id, seconds, _result_note(result))
                 return "succeeded"
             if is_interruption(exc) or isinstance(exc, SystemExit) or self._stop.is_set():
                 out = self._call(lambda: q.release(job.id, self.id, f"worker {self.id} stopping",
-                                                   lease=lease), deadline=deadline)
+                                                   lease=lease), grace=grace)
                 if out == "failed":
                     log.error("job %s dead-lettered: its record is corrupt", job.id)
                     return "failed"
@@ -406,7 +409,7 @@ class Worker:
             tail = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
             retryable = is_retryable(exc)
             state = self._call(lambda: q.fail(job.id, self.id, err, tail, lease=lease,
-                                              retryable=retryable), deadline=deadline)
+                                              retryable=retryable), grace=grace)
             if state == "queued":
                 log.warning("job %s failed (attempt %d of %d), will be retried: %s", job.id,
                             job.attempts, job.max_attempts, err)
