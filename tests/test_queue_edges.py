@@ -61,12 +61,14 @@ def test_record_rules_are_the_same_in_python_and_lua():
     assert lua_list("COUNTERS") == job.OPTIONAL_COUNTERS
     states = re.search(r"local STATES = {([^}]*)}", lua).group(1)
     assert tuple(re.findall(r"(\w+) = true", states)) == job.STATES
+    assert re.search(r"local DIGITS = (\d+)", lua).group(1) == "15" and "{1,15}" in job._INT.pattern
 
     sound = {"state": "queued", "attempts": "0", "max_attempts": "3", "priority": "-2",
              "score": "2199023255553", "lease": "4", "created_at": "abc"}  # a timestamp is only shown
     assert job.record_problem(sound) is None
     for field, value, why in [("max_attempts", "abc", "is not an integer"),
                               ("attempts", "1.5", "is not an integer"),
+                              ("attempts", "9" * 20, "is not an integer"),  # HINCRBY would fail
                               ("priority", None, "missing is not an integer"),
                               ("score", "1e3", "is not a number"), ("lease", "-1", "is not a counter"),
                               ("state", "exploded", "is not a job state"),

@@ -216,9 +216,9 @@ _PARSE: dict[str, Callable[[str], Any]] = {
 REQUIRED_INTEGERS = ("attempts", "max_attempts", "priority")
 REQUIRED_NUMBERS = ("score",)
 OPTIONAL_COUNTERS = ("lease",)
-_INT = re.compile(r"-?[0-9]+")
+_INT = re.compile(r"-?[0-9]{1,15}")  # at most 15 digits: HINCRBY (64-bit) never fails
 _NUMBER = re.compile(r"-?[0-9]+\.?[0-9]*")
-_COUNTER = re.compile(r"[0-9]+")
+_COUNTER = re.compile(r"[0-9]{1,15}")
 
 
 def _shown(v: str | None) -> str:

@@ -43,6 +43,7 @@ local STATES = {waiting = true, queued = true, running = true, succeeded = true,
 local INTEGERS = {'attempts', 'max_attempts', 'priority'}  -- required
 local NUMBERS = {'score'}                                  -- required
 local COUNTERS = {'lease'}                                 -- optional, >= 0
+local DIGITS = 15  -- at most, so that HINCRBY (64-bit) never fails on an integer field
 
 local function shown(v)
   if v == nil or v == false then return 'missing' end
@@ -55,15 +56,21 @@ local function problem(id)
   if not STATES[st or ''] then return 'state ' .. shown(st) .. ' is not a job state' end
   for _, f in ipairs(INTEGERS) do
     local v = hget(id, f)
-    if not (v and string.find(v, '^%-?%d+$')) then return f .. ' ' .. shown(v) .. ' is not an integer' end
+    if not (v and string.find(v, '^%-?%d+$') and #v <= DIGITS + 1) then
+      return f .. ' ' .. shown(v) .. ' is not an integer'
+    end
   end
   for _, f in ipairs(NUMBERS) do
     local v = hget(id, f)
-    if not (v and string.find(v, '^%-?%d+%.?%d*$')) then return f .. ' ' .. shown(v) .. ' is not a number' end
+    if not (v and string.find(v, '^%-?%d+%.?%d*$')) then
+      return f .. ' ' .. shown(v) .. ' is not a number'
+    end
   end
   for _, f in ipairs(COUNTERS) do
     local v = hget(id, f)
-    if v and not string.find(v, '^%d+$') then return f .. ' ' .. shown(v) .. ' is not a counter' end
+    if v and not (string.find(v, '^%d+$') and #v <= DIGITS) then
+      return f .. ' ' .. shown(v) .. ' is not a counter'
+    end
   end
   if tonumber(hget(id, 'max_attempts')) < 1 then return 'max_attempts must be >= 1' end
   if tonumber(hget(id, 'attempts')) < 0 then return 'attempts must be >= 0' end
