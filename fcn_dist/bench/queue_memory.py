@@ -41,11 +41,11 @@ def _one_job(q: JobQueue, spec: JobSpec, lat: list[float]) -> None:
     job = q.claim("bench-worker", lease_seconds=60)
     q.set_progress(job.id, "bench-worker", {"epoch": 10, "epochs": 10, "step": 8, "steps": 8,
                                              "miou": 0.62, "images_per_second": 84.1,
-                                             "eta_seconds": 0.0})
+                                             "eta_seconds": 0.0}, lease=job.lease)
     q.append_logs(job.id, [f"[{job.id} {job.variant}] epoch {k}/10: train loss 0.4321, val mIoU "
                            f"0.6{k:02d}, pixel acc 0.91, 84.1 img/s, 6.1s, ETA {60 - 6 * k}s"
                            for k in range(LOG_LINES)])
-    q.complete(job.id, "bench-worker", _result(job.id, job.variant))
+    q.complete(job.id, "bench-worker", _result(job.id, job.variant), lease=job.lease)
 
 
 def _kind(q: JobQueue, key: str) -> str:

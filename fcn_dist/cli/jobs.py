@@ -36,13 +36,23 @@ _HEADER = ["ID", "STATE", "VARIANT", "BACKBONE", "NAME", "ATTEMPTS", "PRIO", "WO
 
 
 def _job_table(jobs) -> str:
-    """The jobs as aligned text (a * after the state: cancel pending)."""
+    """The jobs as aligned text (a * after the state: cancel pending; a corrupt record shows
+    its raw fields and why it is corrupt)."""
     from fcn_dist.report.tables import render
 
     return render(_HEADER, [
-        [j.id, j.state + ("*" if j.cancel_requested else ""), j.variant, j.backbone, j.name,
-         f"{j.attempts}/{j.max_attempts}", str(j.priority), j.worker or "-", _ts(j.updated_at),
-         _short(j.error, 50)] for j in jobs])
+        [j.id, j.shown_state + ("*" if j.cancel_requested else ""), j.variant, j.backbone, j.name,
+         _attempts(j), _raw(j, "priority", j.priority), j.worker or "-", _ts(j.updated_at),
+         _short(j.error or j.corrupt, 50)] for j in jobs])
+
+
+def _raw(job, name: str, parsed) -> str:
+    """A field as parsed, or as stored when the record is corrupt (so the bad value shows)."""
+    return str(job.raw.get(name, "-")) if job.corrupt else str(parsed)
+
+
+def _attempts(job) -> str:
+    return f"{_raw(job, 'attempts', job.attempts)}/{_raw(job, 'max_attempts', job.max_attempts)}"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,16 +98,22 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     lines = [
         f"job        {job.id}",
         f"name       {job.name}  ({job.variant}, {job.backbone})",
-        f"state      {job.state}" + (f" (cancel requested: {job.cancel_reason})" if job.cancel_requested else ""),
-        f"attempts   {job.attempts} of {job.max_attempts}",
-        f"priority   {job.priority}",
+        f"state      {job.shown_state}" + (f" (cancel requested: {job.cancel_reason})" if job.cancel_requested else ""),
+    ]
+    if job.corrupt:
+        lines.append(f"corrupt    {job.corrupt} (stored state {job.state or '-'}; fix the field, "
+                     "then fcn-jobs retry)")
+    lines += [
+        f"attempts   {_raw(job, 'attempts', job.attempts)} of {_raw(job, 'max_attempts', job.max_attempts)}",
+        f"priority   {_raw(job, 'priority', job.priority)}",
         f"created    {_ts(job.created_at)}",
         f"started    {_ts(job.started_at)}",
         f"finished   {_ts(job.finished_at)}",
         f"worker     {job.worker or '-'}",
     ]
     if job.state == "running":
-        lines.append(f"lease      until {_ts(job.lease_deadline)} (last heartbeat {_ts(job.heartbeat_at)})")
+        lines.append(f"lease      {job.lease} until {_ts(job.lease_deadline)} (last heartbeat "
+                     f"{_ts(job.heartbeat_at)})")
     if job.retry_at and job.state == "queued":
         lines.append(f"retry at   {_ts(job.retry_at)}")
     if job.depends_on:

@@ -26,6 +26,7 @@ lives on one Redis node (for Redis Cluster put a hash tag in the prefix, e.g. `{
 | `P events` | stream | one entry per state change: `job, event, from, to, reason, worker, attempt` (`MAXLEN ~ 10000`) |
 | `P workers` | zset | worker id -> last time it claimed or heartbeated (ms) |
 | `P seq` | string | submission counter (FIFO order) |
+| `P alive` | string | the queue's "last seen alive" clock (ms): when any script last ran |
 
 The fields of a job record (`P job:<id>`) are listed in `fcn_dist.queue.job`, plus `retention`
 (seconds it is kept once finished, -1: forever) and `chain_key` (its staged chain, if any). Each
@@ -64,10 +65,22 @@ than the submitter's retention are trimmed from the stream (which is also capped
   `result.best_checkpoint`.
 - `waiting|queued -> cancelled`: `cancel`, or the parent failed or was cancelled (the reason names
   the parent; cancellation cascades down the chain).
-- `queued -> running`: `claim` (one script: pop the best ready job, lease it, bump `attempts`,
-  set `worker`) — a job runs on exactly one worker at a time.
-- `running -> running`: `heartbeat` extends the lease only if the caller still owns the job; it
-  answers `cancel` when a cancel was requested, `lost` when the job is no longer the caller's.
+- `queued -> running`: `claim` (one script: pop the best ready job, lease it, bump `attempts`
+  and the job's `lease` number, set `worker`) — a job runs on exactly one worker at a time. A
+  queued record that cannot be parsed (`fcn_dist.queue.job.record_problem`) is dead-lettered
+  with the reason on the way and the next job is claimed.
+- Fencing: `heartbeat`, `complete`, `fail`, `release`, `ack_cancel` and `set_progress` present
+  the worker id *and* the lease number that claim handed out; a stale one (an earlier attempt,
+  even under the same worker id) is refused (`lost`, `LeaseLost`) and noted as a `fenced`
+  event. A repeat of a call that was recorded (its reply lost) answers as the first did.
+- `running -> running`: `heartbeat` extends the lease only if the caller still holds it (also
+  after its deadline passed, as long as it was not reaped); it answers `cancel` when a cancel
+  was requested, `lost` when the job is no longer the caller's.
+- Outages: lease time only runs while the queue is seen alive (`P alive`): after a silence of
+  more than a second (Redis down, unreachable or refusing writes) the first script moves the
+  deadlines of the leases that were live when it began by its length (`lease_resumed` event),
+  once per lease until its next heartbeat, so an outage neither expires leases nor charges
+  attempts; a lease that missed its heartbeats while Redis was up is reaped as before.
 - `running -> queued`: `release` (SIGTERM; the attempt is given back), a retryable `fail` with
   attempts left (after an exponential backoff `base * 2**(attempts-1)`, capped), or `reap` of an
   expired lease (the attempt counts).
@@ -119,15 +132,51 @@ SWEEP_LIMIT = 200  # jobs one sweep (run at every submit) purges at most: bounde
 PURGE_BATCH = 500  # ids per purge script call (one call blocks Redis for a few ms at most)
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+log = logging.getLogger("fcn_dist.queue")
 
 
 class RedisUnavailable(QueueError):
     """Redis cannot be reached (refused, timed out, loading); callers may retry with backoff."""
 
 
+class RedisRefused(RedisUnavailable):
+    """Redis answered but refused the command for now (out of memory under ``maxmemory``, a
+    read-only replica after a failover, busy running a script, cannot persist): the worker
+    backs off and retries as in an outage; one-shot clients (``fcn-submit``) report it."""
+
+
 class LeaseLost(QueueError):
-    """The worker no longer owns the job (its lease expired and another worker took it)."""
+    """The worker no longer holds the job's lease (it expired and the job was reaped or
+    claimed again, possibly under the same worker id): the call was refused."""
+
+
+# error replies that mean "not now" rather than "never": by redis-py's class (which drops the
+# reply's code from the message) or by the code
+_REFUSED_TYPES = {redis.exceptions.OutOfMemoryError: "OOM", redis.exceptions.ReadOnlyError: "READONLY",
+                  redis.exceptions.MasterDownError: "MASTERDOWN",
+                  redis.exceptions.TryAgainError: "TRYAGAIN",
+                  redis.exceptions.ClusterDownError: "CLUSTERDOWN"}
+_REFUSED_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+_REFUSED_HINTS = {
+    "OOM": "the server is out of memory under maxmemory: raise it or free keys",
+    "READONLY": "a read-only replica: point the URL at the primary",
+    "BUSY": "the server is busy running a script",
+    "MISCONF": "the server cannot persist its data: see its log",
+}
+
+
+def _refusal(e: redis.exceptions.ResponseError) -> str | None:
+    """``"<code> <reply> (<hint>)"`` when ``e`` is a transient refusal, else None."""
+    msg = _script_message(str(e))
+    code = next((c for t, c in _REFUSED_TYPES.items() if isinstance(e, t)), None)
+    if code is not None:
+        msg = f"{code} {msg}"
+    else:
+        code = msg.split(" ", 1)[0]
+        if code not in _REFUSED_CODES:
+            return None
+    hint = _REFUSED_HINTS.get(code)
+    return f"{msg} ({hint})" if hint else msg
 
 
 def redact_url(url: str) -> str:
@@ -150,7 +199,7 @@ def redact_url(url: str) -> str:
 # One script per state change; each is run with the shared prelude (the clock, key helpers,
 # history/event recording, the cascades) in front. ARGV[1] is always the key prefix.
 _SCRIPTS = ("submit", "claim", "heartbeat", "complete", "fail", "release", "ack_cancel", "cancel",
-            "retry", "reap", "pending", "progress", "purge")
+            "retry", "reap", "pending", "progress", "purge", "logs")
 
 
 @functools.cache
@@ -161,8 +210,9 @@ def _lua_sources() -> dict[str, str]:
     return {name: prelude + (lua / f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
 
 
-def _lease_lost(job_id: str, worker_id: str) -> LeaseLost:
-    return LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+def _lease_lost(job_id: str, worker_id: str, lease: int, what: str) -> LeaseLost:
+    return LeaseLost(f"job {job_id}: {what} refused: lease {lease} of worker {worker_id} is stale "
+                     "(the job was reaped or claimed again)")
 
 
 def _wrap_redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -181,6 +231,9 @@ def _wrap_redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 raise QueueError(f"redis at {self.safe_url} refused the credentials: {msg}") from None
             if "LOADING" in msg:
                 raise RedisUnavailable(f"redis unavailable at {self.safe_url}: {msg}") from None
+            refused = _refusal(e)
+            if refused:
+                raise RedisRefused(f"redis at {self.safe_url} refused the command: {refused}") from None
             # errors raised by our scripts: "unknown job X", "job X is running; ..."
             raise QueueError(_script_message(msg)) from None
 
@@ -218,7 +271,8 @@ class JobQueue:
 
     ``url`` falls back to ``$FCN_REDIS_URL`` (``fcn_dist.config.redis_url``); ``prefix`` isolates
     one queue's keys (tests use one per test). Connection problems raise :class:`RedisUnavailable`
-    (a :class:`QueueError`); callers that should survive a Redis restart retry with
+    (a :class:`QueueError`), transient error replies (OOM, READONLY, BUSY) :class:`RedisRefused`
+    (a :class:`RedisUnavailable`); callers that should survive them retry with
     :meth:`call_with_retry`.
     """
 
@@ -270,16 +324,21 @@ class JobQueue:
     def call_with_retry(self, fn: Callable[[], T], *, attempts: int | None = None,
                         base: float = 0.5, cap: float = 30.0,
                         on_retry: Callable[[float, Exception], None] | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> T:
+                        should_stop: Callable[[], bool] | None = None,
+                        refused: bool = False) -> T:
         """Call ``fn`` until it does not raise :class:`RedisUnavailable`, sleeping an exponential
         backoff (``base`` doubling up to ``cap`` seconds) between tries; ``attempts=None`` means
-        forever (or until ``should_stop()``). ``on_retry(delay, error)`` is told of each wait."""
+        forever (or until ``should_stop()``). ``on_retry(delay, error)`` is told of each wait.
+        A :class:`RedisRefused` is retried only with ``refused=True`` (the worker); else it is
+        raised at once (a submitter reports it in one line)."""
         n = 0
         delay = base
         while True:
             try:
                 return fn()
             except RedisUnavailable as e:
+                if isinstance(e, RedisRefused) and not refused:
+                    raise
                 n += 1
                 if (attempts is not None and n >= attempts) or (should_stop and should_stop()):
                     raise
@@ -453,64 +512,81 @@ class JobQueue:
             return [s if s is not None else float("inf") for s in p.execute()]
 
     # ------------------------------------------------------------------ worker side
+    def _log_corrupt(self, pairs: list[str]) -> None:
+        for jid, reason in zip(pairs[::2], pairs[1::2]):
+            log.warning("job %s dead-lettered: %s", jid, reason)
+
     @_wrap_redis_errors
     def claim(self, worker_id: str, lease_seconds: float = 30.0) -> Job | None:
-        """Atomically take the best ready job, lease it to ``worker_id`` and count the attempt.
-        Due delayed retries are promoted first. ``None`` when nothing is ready."""
-        out = self._run("claim", worker_id, int(lease_seconds * 1000))
+        """Atomically take the best ready job, lease it to ``worker_id`` and count the attempt;
+        the job's ``lease`` is the number every later call for it presents. Due delayed retries
+        are promoted first; corrupt records met on the way are dead-lettered (and logged).
+        ``None`` when nothing is ready."""
+        out, corrupt = self._run("claim", worker_id, int(lease_seconds * 1000))
+        self._log_corrupt(corrupt)
         if not out:
             return None
         return Job.from_hash(dict(zip(out[::2], out[1::2])))
 
     @_wrap_redis_errors
-    def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float = 30.0) -> str:
-        """Extend the lease if ``worker_id`` still owns the job: ``"ok"``, ``"cancel"`` (a cancel
-        was requested: stop the run) or ``"lost"`` (the job is no longer this worker's)."""
-        return self._run("heartbeat", job_id, worker_id, int(lease_seconds * 1000))
+    def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float = 30.0, *,
+                  lease: int) -> str:
+        """Extend the lease if ``worker_id`` still holds lease number ``lease`` of the job:
+        ``"ok"``, ``"cancel"`` (a cancel was requested: stop the run), ``"lost"`` (the job is no
+        longer this lease's) or ``"ended"`` (the holder already reported the outcome)."""
+        return self._run("heartbeat", job_id, worker_id, int(lease), int(lease_seconds * 1000))
 
     @_wrap_redis_errors
-    def complete(self, job_id: str, worker_id: str, result: dict[str, Any] | None = None) -> None:
+    def complete(self, job_id: str, worker_id: str, result: dict[str, Any] | None = None, *,
+                 lease: int) -> None:
         """Mark the job succeeded with its JSON result summary; queue its staged children.
-        Raises :class:`LeaseLost` if the worker no longer owns the job."""
+        Raises :class:`LeaseLost` if ``lease`` is not the job's current lease."""
         payload = json.dumps(result if result is not None else {}, default=str, sort_keys=True)
-        if self._run("complete", job_id, worker_id, payload) != "ok":
-            raise _lease_lost(job_id, worker_id)
+        if self._run("complete", job_id, worker_id, int(lease), payload) != "ok":
+            raise _lease_lost(job_id, worker_id, lease, "complete")
 
     @_wrap_redis_errors
     def fail(self, job_id: str, worker_id: str, error: str, traceback: str = "", *,
-             retryable: bool = True) -> str:
+             lease: int, retryable: bool = True) -> str:
         """Record a failed attempt. Returns ``"queued"`` (a retry after the backoff),
-        ``"failed"`` (dead-lettered: no attempts left or not retryable) or ``"cancelled"``.
-        Raises :class:`LeaseLost` if the worker no longer owns the job."""
+        ``"failed"`` (dead-lettered: no attempts left, not retryable, or a corrupt record) or
+        ``"cancelled"``. Raises :class:`LeaseLost` if ``lease`` is not the job's current lease
+        (a zombie's fail on a job that was requeued is not recorded)."""
         err = " ".join(str(error).split())[:ERROR_CHARS] or "failed"
-        out = self._run("fail", job_id, worker_id, err, str(traceback)[-TRACEBACK_CHARS:],
+        out = self._run("fail", job_id, worker_id, int(lease), err, str(traceback)[-TRACEBACK_CHARS:],
                         int(self.backoff_base * 1000), int(self.backoff_max * 1000),
                         "1" if retryable else "0")
         if out == "lost":
-            raise _lease_lost(job_id, worker_id)
+            raise _lease_lost(job_id, worker_id, lease, "fail")
         return out
 
     @_wrap_redis_errors
-    def release(self, job_id: str, worker_id: str, reason: str = "released by worker") -> str:
+    def release(self, job_id: str, worker_id: str, reason: str = "released by worker", *,
+                lease: int) -> str:
         """Put a running job back in the ready queue without counting the attempt (SIGTERM).
-        Returns ``"ok"`` or ``"cancelled"`` (a cancel was pending). Raises :class:`LeaseLost`."""
-        out = self._run("release", job_id, worker_id, reason)
+        Returns ``"ok"``, ``"cancelled"`` (a cancel was pending) or ``"failed"`` (a corrupt
+        record, dead-lettered). Raises :class:`LeaseLost`."""
+        out = self._run("release", job_id, worker_id, int(lease), reason)
         if out == "lost":
-            raise _lease_lost(job_id, worker_id)
+            raise _lease_lost(job_id, worker_id, lease, "release")
         return out
 
     @_wrap_redis_errors
-    def ack_cancel(self, job_id: str, worker_id: str, reason: str = "cancelled") -> None:
+    def ack_cancel(self, job_id: str, worker_id: str, reason: str = "cancelled", *,
+                   lease: int) -> None:
         """The worker stopped a running job because a cancel was requested: mark it cancelled."""
-        if self._run("ack_cancel", job_id, worker_id, reason) != "ok":
-            raise _lease_lost(job_id, worker_id)
+        if self._run("ack_cancel", job_id, worker_id, int(lease), reason) != "ok":
+            raise _lease_lost(job_id, worker_id, lease, "cancel acknowledgement")
 
     @_wrap_redis_errors
     def reap(self, limit: int = 100) -> list[str]:
         """Return jobs whose lease expired to the ready queue (the attempt counts; with no
-        attempts left they are dead-lettered) and promote due delayed retries. Atomic; every
-        worker calls it in its loop. Returns the ids handled."""
-        return list(self._run("reap", int(limit)) or [])
+        attempts left they are dead-lettered) and promote due delayed retries; corrupt records
+        met are dead-lettered (and logged). Atomic; every worker calls it in its loop. Returns
+        the ids whose lease expired."""
+        out, corrupt = self._run("reap", int(limit))
+        self._log_corrupt(corrupt)
+        return list(out)
 
     @_wrap_redis_errors
     def set_run_dir(self, job_id: str, run_dir: str) -> None:
@@ -523,23 +599,21 @@ class JobQueue:
         self.redis.hset(self.key("job", job_id), "dashboard", json.dumps(links, sort_keys=True))
 
     @_wrap_redis_errors
-    def set_progress(self, job_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+    def set_progress(self, job_id: str, worker_id: str, progress: dict[str, Any], *,
+                     lease: int) -> bool:
         """Publish a running job's progress (``fcn-jobs watch``/``show``); False when the job
-        is no longer this worker's."""
+        is no longer this lease's."""
         payload = json.dumps(progress, sort_keys=True, default=str)
-        return self._run("progress", job_id, worker_id, payload) == "ok"
+        return self._run("progress", job_id, worker_id, int(lease), payload) == "ok"
 
     @_wrap_redis_errors
     def append_logs(self, job_id: str, lines: Iterable[str]) -> None:
-        """Push log lines of a job (capped at the last ``LOG_LINES_MAX``)."""
+        """Push log lines of a job (capped at the last ``LOG_LINES_MAX``; dropped once the job
+        was purged)."""
         lines = [str(x)[:LOG_LINE_CHARS] for x in lines]
         if not lines:
             return
-        k = self.key("logs", job_id)
-        with self.redis.pipeline(transaction=True) as p:
-            p.rpush(k, *lines)
-            p.ltrim(k, -LOG_LINES_MAX, -1)
-            p.execute()
+        self._run("logs", job_id, LOG_LINES_MAX, *lines)
 
     # ------------------------------------------------------------------ user side
     @_wrap_redis_errors
@@ -611,8 +685,16 @@ class JobQueue:
 
     @_wrap_redis_errors
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's state history, oldest first."""
-        return [json.loads(x) for x in self.redis.lrange(self.key("hist", job_id), 0, -1)]
+        """The job's state history, oldest first (an unreadable entry is shown as it is)."""
+        out = []
+        for x in self.redis.lrange(self.key("hist", job_id), 0, -1):
+            try:
+                e = json.loads(x)
+            except ValueError:
+                e = None
+            out.append(e if isinstance(e, dict) else {"event": "unreadable", "from": "", "to": "",
+                                                    "reason": str(x)[:200]})
+        return out
 
     @_wrap_redis_errors
     def logs(self, job_id: str, tail: int | None = None) -> list[str]:

@@ -19,6 +19,10 @@ end
 local id = ARGV[2]
 local st = hget(id, 'state')
 if not st then return redis.error_reply('unknown job ' .. id) end
+local bad = problem(id)  -- checked before anything is written
+if bad then
+  return redis.error_reply('job ' .. id .. ' has a corrupt record (' .. bad .. '); fix the field and retry')
+end
 if st ~= 'failed' and st ~= 'cancelled' then
   return redis.error_reply('job ' .. id .. ' is ' .. st .. '; only failed or cancelled jobs can be retried')
 end
@@ -44,7 +48,8 @@ local stack = {id}
 while #stack > 0 do
   local pid = table.remove(stack)
   for _, cid in ipairs(redis.call('SMEMBERS', P .. 'children:' .. pid)) do
-    if hget(cid, 'state') == 'cancelled' and hget(cid, 'cancelled_by_parent') == '1' then
+    if hget(cid, 'state') == 'cancelled' and hget(cid, 'cancelled_by_parent') == '1'
+      and not problem(cid) then
       revive(cid, 'waiting', 'parent job ' .. pid .. ' retried')
       table.insert(stack, cid)
     end
