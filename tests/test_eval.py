@@ -207,3 +207,28 @@ def test_best_epoch_val_miou_equals_the_final_score_without_a_test_split(
     (row,) = ResultsStore(tmp_path / "store").runs().to_pylist()
     assert row["eval_split"] == "val" and row["eval_is_selection"] is True
     assert sum(map(sum, row["confusion_matrix"])) == 4 * 40 * 56  # the labels' original size
+
+
+def test_fcn_jobs_show_says_which_split_the_score_is_on(redis_url, redis_prefix):
+    """The score line of `fcn-jobs show` for a finished job (real Redis)."""
+    from click.testing import CliRunner
+
+    from fcn_dist.cli import jobs as jobs_cli
+    from fcn_dist.queue import JobQueue
+
+    q = JobQueue(redis_url, prefix=redis_prefix)
+    try:
+        jid = q.submit(JobSpec(name="sel", variant="8s")).id
+        job = q.claim("w", 5)
+        assert job.id == jid
+        q.complete(jid, "w", {"miou": 0.5, "pixel_accuracy": 0.8, "best_epoch": 3,
+                              "best_val_miou": 0.5, "eval_split": "val", "eval_is_selection": True,
+                              "scored_on": "val (used for selection)"})
+    finally:
+        q.close()
+    r = CliRunner().invoke(jobs_cli.main, ["--redis-url", redis_url, "--prefix", redis_prefix,
+                                           "show", jid])
+    assert r.exit_code == 0, r.output
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("score ")]
+    assert line.split(None, 1)[1] == ("val (used for selection): mIoU 0.5000, pixel acc 0.8000 "
+                                      "(best epoch 3, val mIoU 0.5000)")
