@@ -63,8 +63,8 @@ def compare(store: ResultsStore | str, dataset: str | None = None,
     """One row per run: identifiers, the final score (``scored_on``: its split) and cost,
     sorted by dataset, backbone, variant (32s, 16s, 8s) and finish time. Each row's ``best``
     lists the columns where it holds the best value among the runs of its dataset scored on
-    the same split (max for metrics and img/s, min for params, GFLOPs and train time). Reads only the projected columns of ``runs``; the work is
-    columnar."""
+    the same split (max for metrics and img/s, min for params, GFLOPs and train time). Reads
+    only the projected columns of ``runs``; the work is columnar."""
     import pyarrow.compute as pc
 
     st = store if isinstance(store, ResultsStore) else ResultsStore(store)

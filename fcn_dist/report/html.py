@@ -35,8 +35,8 @@ def select_runs(st: ResultsStore, dataset: str | None, backbone: str | None,
     """The runs a report shows: given ids, else the latest run per (variant, backbone) of
     ``dataset`` (default: the dataset of the most recently finished run)."""
     cols = ["run_id", "variant", "backbone", "dataset", "status", "miou", "pixel_accuracy",
-            "mean_accuracy", "fwiou", "eval_split", "eval_is_selection", "per_class_iou", "class_names", "confusion_matrix",
-            "best_checkpoint", "spec", "finished_at"]
+            "mean_accuracy", "fwiou", "eval_split", "eval_is_selection", "per_class_iou",
+            "class_names", "confusion_matrix", "best_checkpoint", "spec", "finished_at"]
     rows = _latest_per_run(st.runs(columns=cols).to_pylist())
     if run_ids:
         wanted = set(run_ids)
