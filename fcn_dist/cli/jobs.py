@@ -136,6 +136,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         ckpt = job.result.get("best_checkpoint")
         if ckpt:
             lines.append(f"checkpoint {ckpt}")
+        if job.result.get("miou") is not None:
+            lines.append(f"score      {_score_line(job.result)}")
     if job.error:
         lines.append(f"error      {job.error}")
     lines.append("spec")
@@ -152,6 +154,21 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         lines.append(f"  {_ts(h.get('t'))}  {h.get('from') or '-':>9} -> {h.get('to'):<9} "
                      f"{h.get('event')}{who}: {h.get('reason')}")
     click.echo("\n".join(lines))
+
+
+def _score_line(result: dict) -> str:
+    """The final score of a result and the split it is on (``val (used for selection)`` when
+    that split chose the checkpoint); results of older versions said only ``test_split``."""
+    from fcn_dist.store import scored_on
+
+    split = result.get("scored_on") or scored_on(result.get("eval_split") or result.get("test_split"),
+                                                 result.get("eval_is_selection"))
+
+    def f(v):
+        return "-" if v is None else f"{float(v):.4f}"
+
+    return (f"{split}: mIoU {f(result.get('miou'))}, pixel acc {f(result.get('pixel_accuracy'))}"
+            f" (best epoch {result.get('best_epoch', '-')}, val mIoU {f(result.get('best_val_miou'))})")
 
 
 @main.command()

@@ -104,7 +104,9 @@ def _result_note(result: dict[str, Any]) -> str:
         return ""
     def f(v: Any) -> str:
         return "-" if v is None else f"{float(v):.4f}"
-    split = result.get("test_split") or "test"
+    from fcn_dist.store import scored_on
+
+    split = result.get("scored_on") or scored_on(result.get("eval_split"), result.get("eval_is_selection"))
     return (f": {split} mIoU {f(result.get('miou'))}, pixel acc {f(result.get('pixel_accuracy'))}, "
             f"mean acc {f(result.get('mean_accuracy'))}, fwIoU {f(result.get('fwiou'))}; "
             f"run dir {result.get('run_dir') or '-'}")
