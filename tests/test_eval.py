@@ -223,7 +223,7 @@ def test_fcn_jobs_show_says_which_split_the_score_is_on(redis_url, redis_prefix)
         assert job.id == jid
         q.complete(jid, "w", {"miou": 0.5, "pixel_accuracy": 0.8, "best_epoch": 3,
                               "best_val_miou": 0.5, "eval_split": "val", "eval_is_selection": True,
-                              "scored_on": "val (used for selection)"})
+                              "scored_on": "val (used for selection)"}, lease=job.lease)
     finally:
         q.close()
     r = CliRunner().invoke(jobs_cli.main, ["--redis-url", redis_url, "--prefix", redis_prefix,
