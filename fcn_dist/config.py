@@ -14,6 +14,12 @@ def redis_url(value: str | None = None) -> str:
     return value or os.environ.get("FCN_REDIS_URL") or DEFAULT_REDIS_URL
 
 
+def redis_ca(value: str | None = None) -> str | None:
+    """CA file that verifies a ``rediss://`` (TLS) server: ``value``, else ``$FCN_REDIS_CA``; a
+    URL's own ``ssl_ca_certs=`` query parameter wins over both."""
+    return value or os.environ.get("FCN_REDIS_CA") or None
+
+
 def redis_prefix(value: str | None = None) -> str:
     """The queue's key prefix: ``value`` if given, else ``$FCN_REDIS_PREFIX``, else ``fcn:``."""
     return value or os.environ.get("FCN_REDIS_PREFIX") or DEFAULT_REDIS_PREFIX
