@@ -1,0 +1,338 @@
+"""Object storage: data, runs and results on s3:// against a real S3 server (moto's standalone
+server, started here on 127.0.0.1; the code under test talks S3 over HTTP to it, nothing is
+mocked in this process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fcn_dist import fs as fsio
+
+MOTO = Path(sys.executable).with_name("moto_server")
+pytestmark = pytest.mark.skipif(not MOTO.exists() and shutil.which("moto_server") is None,
+                                reason="needs moto_server: pip install 'moto[server]'")
+BUCKET = "fcn-test"
+KEY, SECRET = "testing-key", "testing-secret-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free port with one bucket; the AWS_* settings point at it (dummy
+    credentials, also as a credentials file that the Ray workers find through the forwarded
+    AWS_SHARED_CREDENTIALS_FILE)."""
+    port = _free_port()
+    exe = str(MOTO) if MOTO.exists() else shutil.which("moto_server")
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = log.parent / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsio.forget_filesystems()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("moto_server did not start: " + log.read_text()[-500:])
+                time.sleep(0.1)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield {"endpoint": endpoint, "bucket": BUCKET, "port": port}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        fsio.forget_filesystems()
+
+
+@pytest.fixture
+def prefix(s3):
+    """A fresh prefix in the bucket for one test."""
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:8]}"
+
+
+def _keys(uri: str) -> list[str]:
+    import boto3
+
+    u = fsio.Uri(uri)
+    out = boto3.client("s3").list_objects_v2(Bucket=u.bucket, Prefix=u.key).get("Contents", [])
+    # (pyarrow leaves a "dir/" marker object where it deleted a prefix's last file)
+    return sorted(o["Key"][len(u.key) + 1:] for o in out if not o["Key"].endswith("/"))
+
+
+def _one_line(result, code: int | None = None) -> str:
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
+    return err
+
+
+def _epoch(run: str, e: int, miou: float = 0.5) -> dict:
+    return {"run_id": run, "epoch": e, "variant": "8s", "backbone": "resnet18",
+            "dataset": "synthetic", "miou": miou, "train_loss": 1.0 / (e + 1)}
+
+
+def _run(run: str, variant: str, miou: float) -> dict:
+    return {"run_id": run, "variant": variant, "backbone": "resnet18", "dataset": "synthetic",
+            "status": "succeeded", "miou": miou, "pixel_accuracy": 0.9, "class_names": ["a", "b"],
+            "per_class_iou": {"a": miou, "b": miou}}
+
+
+# --------------------------------------------------------------------------- settings
+def test_settings_accept_uris_and_confine_specs_to_the_root(s3, monkeypatch, tmp_path):
+    """FCN_DATA/FCN_STORE/FCN_RUNS take s3:// URIs; a spec's data/store must lie under the
+    root's bucket and prefix (another bucket, a sibling prefix, a local path are refused);
+    local paths stay the default."""
+    from fcn_dist import config
+    from fcn_dist.errors import SpecError
+    from fcn_dist.spec import JobSpec
+
+    monkeypatch.setenv("FCN_DATA", f"s3://{BUCKET}/data")
+    monkeypatch.setenv("FCN_STORE", f"s3://{BUCKET}/store")
+    monkeypatch.delenv("FCN_RUNS", raising=False)
+    assert str(config.runs_path()) == f"s3://{BUCKET}/store/ray"
+    spec = JobSpec.from_dict({"data": "syn", "store": "team-a"})
+    assert str(spec.data_dir()) == f"s3://{BUCKET}/data/syn"
+    assert str(spec.store_dir()) == f"s3://{BUCKET}/store/team-a"
+    assert str(JobSpec.from_dict({"data": f"s3://{BUCKET}/data/x"}).data_dir()) == f"s3://{BUCKET}/data/x"
+    for data in (f"s3://{BUCKET}/database/x", f"s3://other/data/x", "/etc", "../x"):
+        with pytest.raises(SpecError, match="data"):
+            JobSpec.from_dict({"data": data}).data_dir()
+    with pytest.raises(SpecError, match="store"):
+        JobSpec.from_dict({"store": f"s3://{BUCKET}/elsewhere"})
+    monkeypatch.setenv("FCN_DATA", str(tmp_path))  # a local root refuses URIs
+    with pytest.raises(SpecError, match="outside"):
+        JobSpec.from_dict({"data": f"s3://{BUCKET}/data/x"}).data_dir()
+    monkeypatch.delenv("FCN_STORE")
+    assert config.store_path() == Path("results").resolve()
+
+
+def test_masked_hides_credentials():
+    uri = "s3://AKIAXXXX:supersecret@bkt/p?endpoint_override=h:9000&secret_key=s2"
+    text = fsio.masked(uri)
+    assert "supersecret" not in text and "s2" not in text and "AKIAXXXX" not in text
+    assert text.startswith("s3://***@bkt/p") and "endpoint_override=h:9000" in text
+
+
+# --------------------------------------------------------------------------- results store
+def test_store_on_s3_atomic_reads_and_compaction(s3, prefix):
+    """Writes are objects under their final names (no temp objects, no rename); an upload in
+    flight is invisible to readers; compaction on the bucket keeps every row exactly once."""
+    from fcn_dist.store import ResultsStore
+
+    st = ResultsStore(prefix)
+    assert st.remote and st.epochs().num_rows == 0  # an empty prefix is an empty store
+    for e in range(3):
+        st.append_epoch(_epoch("r1", e))
+    st.append_epochs([_epoch("r2", e) for e in range(2)])
+    st.write_run(_run("r1", "8s", 0.6))
+    keys = _keys(prefix)
+    assert len(keys) == 5 and all(k.endswith(".parquet") and "/." not in k for k in keys), keys
+
+    # an upload that has not completed is not an object: readers do not see it
+    filesystem, path = fsio.resolve(st.table_dir("epochs") / "ep-zz-e00000-inflight.parquet")
+    out = filesystem.open_output_stream(path)
+    out.write(b"PAR1" + b"\0" * 1000)
+    assert sorted(ResultsStore(prefix).epochs().column("run_id").to_pylist()) == ["r1"] * 3 + ["r2"] * 2
+    out.close()
+    fsio.delete(st.table_dir("epochs") / "ep-zz-e00000-inflight.parquet")
+
+    summary = st.compact("epochs")
+    assert summary["rows"] == 5 and summary["files_after"] == 1
+    assert [k for k in _keys(prefix) if k.startswith("epochs/")] == [
+        "epochs/" + summary["file"].rsplit("/", 1)[1]]
+    got = Counter((r["run_id"], r["epoch"]) for r in ResultsStore(prefix).epochs().to_pylist())
+    assert got == Counter({("r1", 0): 1, ("r1", 1): 1, ("r1", 2): 1, ("r2", 0): 1, ("r2", 1): 1})
+    assert not any(k.endswith(".compact.lock") for k in _keys(prefix))  # the lock is released
+
+
+def test_remote_compaction_lock_excludes_a_second_compactor(s3, prefix):
+    """Two compactors on one bucket: while one holds the lock object, the other skips."""
+    from fcn_dist.store import ResultsStore
+
+    a, b = ResultsStore(prefix), ResultsStore(prefix)
+    a.REMOTE_LOCK_SETTLE = b.REMOTE_LOCK_SETTLE = 0.2
+    for e in range(3):
+        a.append_epoch(_epoch("r1", e))
+    with a._remote_lock(a.table_dir("epochs"), blocking=False) as held:
+        assert held
+        assert b.compact("epochs", blocking=False) == {"table": "epochs", "skipped": "locked"}
+    assert b.compact("epochs", blocking=False)["rows"] == 3
+
+
+def test_results_cli_reads_the_bucket(s3, prefix, tmp_path, monkeypatch):
+    """compare, runs, epochs, query (DuckDB over the snapshot) and plot read from s3://,
+    from a directory that has no local store."""
+    from fcn_dist.cli.results import main as cli
+    from fcn_dist.store import ResultsStore
+
+    st = ResultsStore(prefix)
+    for i, v in enumerate(("32s", "16s", "8s")):
+        st.append_epochs([{**_epoch(f"run{v}", e, 0.3 + 0.1 * e), "variant": v} for e in range(2)])
+        st.write_run(_run(f"run{v}", v, 0.5 + 0.05 * i))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FCN_STORE", prefix)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["compare", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(x["variant"] for x in json.loads(r.output)) == ["16s", "32s", "8s"]
+    r = runner.invoke(cli, ["runs", "--store", prefix])
+    assert r.exit_code == 0 and "run8s" in r.output, r.output
+    r = runner.invoke(cli, ["epochs", "--format", "csv"])
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 7, r.output
+    pytest.importorskip("duckdb")
+    r = runner.invoke(cli, ["query", "select variant, max(miou) as m from epochs group by variant "
+                                     "order by variant", "--format", "json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 3, r.output
+    r = runner.invoke(cli, ["plot", "--out", str(tmp_path / "rep"), "--gallery", "0"])
+    assert r.exit_code == 0 and (tmp_path / "rep" / "report.html").is_file(), r.output
+    assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- data
+def test_prepare_verify_and_read_shards_on_s3(s3, prefix):
+    """fcn-data prepare --out s3://... writes the shards, then the manifest last; verify
+    --sha256 and info read from the bucket; ShardDataset reads rows from it; a modified shard
+    is named by verify."""
+    from fcn_dist.cli.data import main as data_cli
+    from fcn_dist.data import ShardDataset, read_manifest
+
+    out = f"{prefix}/syn"
+    runner = CliRunner()
+    r = runner.invoke(data_cli, ["prepare", "synthetic", "--out", out, "--count", "12",
+                                 "--size", "32x32", "--shard-size", "4"])
+    assert r.exit_code == 0, r.output
+    import boto3
+
+    objs = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=fsio.Uri(out).key)["Contents"]
+    by_name = {o["Key"].rsplit("/", 1)[1]: o["LastModified"] for o in objs}
+    assert "manifest.json" in by_name and len(by_name) >= 4
+    assert by_name["manifest.json"] >= max(by_name.values())  # written last
+    r = runner.invoke(data_cli, ["verify", out, "--sha256"])
+    assert r.exit_code == 0 and "sha256 verified" in r.output, r.output
+    r = runner.invoke(data_cli, ["info", out])
+    assert r.exit_code == 0 and "train" in r.output, r.output
+    m = read_manifest(out)
+    ds = ShardDataset(out, "train")
+    assert len(ds) == m.splits["train"] and ds.raw(0)[0].size == (32, 32)
+
+    again = runner.invoke(data_cli, ["prepare", "synthetic", "--out", out, "--count", "4"])
+    assert "already exists" in _one_line(again, 2)
+
+    shard = m.shards["train"][0]["file"]
+    data = fsio.read_bytes(fsio.Uri(out) / shard)
+    mid = len(data) // 2
+    fsio.write_bytes(fsio.Uri(out) / shard, data[:mid] + b"corrupted" + data[mid + 9:])  # same size
+    r = runner.invoke(data_cli, ["verify", out, "--sha256"])
+    err = _one_line(r, 2)
+    assert shard in err and "sha256 mismatch" in err, err
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_storage_input_is_one_line_naming_the_uri(s3, monkeypatch, tmp_path):
+    """A missing bucket, an unreachable endpoint, wrong credentials, a URI outside the root:
+    one line naming the URI, credentials masked."""
+    from fcn_dist.cli.data import main as data_cli
+    from fcn_dist.cli.results import main as results_cli
+    from fcn_dist.cli.submit import main as submit_cli
+
+    runner = CliRunner()
+    r = runner.invoke(results_cli, ["compare", "--store", "s3://no-such-bucket/x"])
+    err = _one_line(r, 1)
+    assert "s3://no-such-bucket/" in err and "does not exist" in err, err
+
+    r = runner.invoke(data_cli, ["verify", f"s3://{KEY}:{SECRET}@no-such-bucket/d"])
+    err = _one_line(r, 2)
+    assert SECRET not in err and KEY not in err and "s3://***@no-such-bucket/" in err, err
+
+    monkeypatch.setenv("FCN_DATA", f"s3://{BUCKET}/data")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ndata: s3://{BUCKET}/other/syn\n")
+    r = runner.invoke(submit_cli, ["--spec", str(spec), "--variant", "8s", "--redis-url",
+                                   "redis://127.0.0.1:1/0"])
+    err = _one_line(r, 2)
+    assert f"s3://{BUCKET}/other/syn" in err and "outside" in err and "FCN_DATA" in err, err
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    fsio.forget_filesystems()
+    try:
+        r = runner.invoke(results_cli, ["compare", "--store", f"s3://{BUCKET}/x"])
+        err = _one_line(r, 1)
+        assert f"s3://{BUCKET}/" in err and "cannot reach the storage endpoint" in err, err
+    finally:
+        fsio.forget_filesystems()
+
+
+def test_wrong_credentials_are_one_line(tmp_path):
+    """Against a moto server with authentication on (an IAM user of its own): a wrong secret
+    is an 'access denied' line naming the URI, never showing the secret."""
+    port = _free_port()
+    exe = str(MOTO) if MOTO.exists() else shutil.which("moto_server")
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = f"""
+import os, sys, time, socket, json, boto3
+for _ in range(300):
+    try: socket.create_connection(("127.0.0.1", {port}), timeout=0.2).close(); break
+    except OSError: time.sleep(0.1)
+ep = "http://127.0.0.1:{port}"
+iam = boto3.client("iam", endpoint_url=ep, region_name="us-east-1",
+                   aws_access_key_id="x", aws_secret_access_key="x")
+iam.create_user(UserName="u")
+iam.put_user_policy(UserName="u", PolicyName="all", PolicyDocument=json.dumps(
+    {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "*", "Resource": "*"}}]}}))
+k = iam.create_access_key(UserName="u")["AccessKey"]
+boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"],
+             aws_secret_access_key=k["SecretAccessKey"]).create_bucket(Bucket="auth")
+os.environ.update(AWS_ENDPOINT_URL=ep, AWS_ACCESS_KEY_ID=k["AccessKeyId"],
+                  AWS_SECRET_ACCESS_KEY="wrong-secret-value-42", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+os.environ.pop("AWS_SHARED_CREDENTIALS_FILE", None)
+from fcn_dist.cli.results import main
+sys.argv = ["fcn-results", "compare", "--store", "s3://auth/results"]
+main()
+"""
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    err = r.stderr.strip()
+    assert r.returncode == 1 and err.startswith("error: ") and "\n" not in err, r.stderr[-2000:]
+    assert "s3://auth/" in err and "access denied" in err and "wrong-secret-value-42" not in err, err
