@@ -155,6 +155,20 @@ def masked(value: object) -> str:
     return out + (f"?{query}" if query else "")
 
 
+def public(value: object) -> str:
+    """``value`` as text to store (a run row, a job record): a URI without its user:secret@
+    and secret query options (still a working URI: the reader's own credentials apply);
+    anything else as it is."""
+    text = str(value)
+    if not is_uri(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if k.lower() not in _SECRET_PARAMS], safe="/:")
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
 def _mask_secrets(text: str) -> str:
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         secret = os.environ.get(var)

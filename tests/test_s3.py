@@ -336,3 +336,62 @@ main()
     err = r.stderr.strip()
     assert r.returncode == 1 and err.startswith("error: ") and "\n" not in err, r.stderr[-2000:]
     assert "s3://auth/" in err and "access denied" in err and "wrong-secret-value-42" not in err, err
+
+
+# --------------------------------------------------------------------------- training inputs
+@pytest.fixture(scope="module")
+def s3_data(s3):
+    """A tiny synthetic dataset prepared straight into the bucket (the FCN_DATA root)."""
+    from fcn_dist.data import prepare
+
+    root = f"s3://{BUCKET}/data-{uuid.uuid4().hex[:6]}"
+    prepare("synthetic", f"{root}/syn", count=24, size=(64, 64), seed=0, shard_size=8)
+    return root
+
+
+@pytest.mark.ray
+def test_ray_data_reads_the_shards_from_the_bucket(s3, s3_data, ray_session):
+    """The Ray Data pipeline reads the split's shards from s3:// through filesystem= in its
+    read tasks (which get the store's settings, not a local copy)."""
+    from fcn_dist.data import load, read_manifest
+
+    ds = load(f"{s3_data}/syn", "val", mode="eval", crop_size=(64, 64))
+    batch = ds.take_batch(100)
+    assert batch["image"].shape == (read_manifest(f"{s3_data}/syn").splits["val"], 3, 64, 64)
+
+
+def test_checkpoint_uris_load_weights_only(s3, s3_data, monkeypatch):
+    """init_from and the checkpoint readers take URIs; loading stays weights_only=True, so a
+    pickled-code model.pt in the bucket is refused; a URI with no checkpoint is one line."""
+    import torch
+
+    from fcn_dist.checkpoint import load_state_dict
+    from fcn_dist.errors import SpecError, TrainingError
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.trainer import check_inputs
+
+    ckpt = fsio.Uri(f"s3://{BUCKET}/runs-{uuid.uuid4().hex[:6]}/j1-32s/epoch_0001")
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(4.0)}, buf)
+    fsio.write_bytes(ckpt / "model.pt", buf.getvalue())
+    assert torch.equal(load_state_dict(str(ckpt))["w"], torch.arange(4.0))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = io.BytesIO()
+    torch.save({"w": Evil()}, bad)
+    fsio.write_bytes(ckpt.parent / "evil" / "model.pt", bad.getvalue())
+    with pytest.raises(TrainingError, match="cannot load model weights safely"):
+        load_state_dict(str(ckpt.parent / "evil"))
+
+    monkeypatch.setenv("FCN_DATA", s3_data)
+    spec = JobSpec.from_dict({"data": "syn", "variant": "16s", "backbone": "resnet18"})
+    inp = check_inputs(spec, run_dir=str(ckpt.parent.parent / "j1-16s"), init_from=str(ckpt),
+                       job_id="j1")
+    assert inp.init_from == str(ckpt) and isinstance(inp.run_path, fsio.Uri)
+    with pytest.raises(SpecError, match="not a checkpoint directory"):
+        check_inputs(spec, run_dir=None, init_from=str(ckpt.parent / "nothing"), job_id="j1")

@@ -97,7 +97,7 @@ def load(
     filesystem, base = fsio.resolve(m.root)
     files = [f"{base}/{p.name}" for p in shards]
     ds = ray.data.read_parquet(files, filesystem=filesystem,
-                               ray_remote_args=_remote_args()).select_columns(["id", "image", "label"])
+                               runtime_env=_runtime_env()).select_columns(["id", "image", "label"])
     if mode == "train":
         ds = ds.randomize_block_order(seed=seed)
     fn = functools.partial(
@@ -108,9 +108,10 @@ def load(
     return ds.map_batches(fn, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus)
 
 
-def _remote_args() -> dict[str, Any]:
-    """Ray remote args of the read tasks: the object-store settings of this process (endpoint,
+def _runtime_env() -> dict[str, Any] | None:
+    """The read tasks' runtime env: the object-store settings of this process (endpoint,
     region, profile and credentials-file locations, never credentials; see
-    :data:`fcn_dist.fs.FORWARDED_ENV`), so tasks on any node find the same store."""
+    :data:`fcn_dist.fs.FORWARDED_ENV`), so read tasks on any node find the same store even
+    where Ray was started without them. None when none is set (local data)."""
     env = {k: os.environ[k] for k in fsio.FORWARDED_ENV if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    return {"env_vars": env} if env else None
