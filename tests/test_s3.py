@@ -395,3 +395,90 @@ def test_checkpoint_uris_load_weights_only(s3, s3_data, monkeypatch):
     assert inp.init_from == str(ckpt) and isinstance(inp.run_path, fsio.Uri)
     with pytest.raises(SpecError, match="not a checkpoint directory"):
         check_inputs(spec, run_dir=None, init_from=str(ckpt.parent / "nothing"), job_id="j1")
+
+
+# --------------------------------------------------------------------------- several hosts
+@pytest.mark.slow  # minutes: three staged Ray Train jobs, a SIGKILL and a resume (README, Tests)
+def test_hosts_without_a_shared_filesystem_share_everything_through_s3(
+        s3, redis_url, redis_prefix, tmp_path):
+    """Two fcn-workers as on two hosts (each its own working directory and local Ray, no
+    common local path: data, runs and store are s3:// URIs) run a staged --variant all chain;
+    the first is SIGKILLed once the 32s job has a checkpoint in the bucket; the second reclaims
+    that job and resumes it from the bucket's checkpoint, then runs 16s and 8s (init_from: the
+    parent's checkpoint URI); fcn-results compare from a third directory shows three runs."""
+    import signal
+
+    import boto3
+
+    from _helpers import wait_for
+    from fcn_dist.data import prepare
+    from fcn_dist.queue import JobQueue
+    from fcn_dist.spec import VARIANTS, load_spec
+    from test_faults import ProcessGroup, worker_cmd
+
+    t0 = time.monotonic()
+    root = f"s3://{BUCKET}/hosts-{uuid.uuid4().hex[:6]}"
+    prepare("synthetic", f"{root}/data/synthetic", count=24, size=(64, 64), seed=0)
+    hosts = {n: tmp_path / n for n in ("host-a", "host-b", "laptop")}
+    for d in hosts.values():
+        d.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update({"FCN_DATA": f"{root}/data", "FCN_RUNS": f"{root}/runs",
+                "FCN_STORE": f"{root}/store", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                "FCN_METRICS": "0", "PYTHONPATH": f"{Path(__file__).resolve().parents[1]}:"
+                                                  f"{Path(__file__).resolve().parent}"})
+    q = JobQueue(redis_url, prefix=redis_prefix, backoff_base=0.1, backoff_max=0.5)
+    spec = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml",
+                     ["data=synthetic", "epochs=3", "num_workers=1", "batch_size=4",
+                      "steps_per_epoch=2", "deterministic=true", "max_failures=0", "amp=off"])
+    subs = q.submit_variants(spec, VARIANTS, staged=True)
+    first = subs[0].id
+
+    def on_host(host: str, *extra: str) -> list[str]:
+        cmd = " ".join(worker_cmd(redis_url, redis_prefix, *extra))
+        return ["bash", "-c", f"cd {hosts[host]} && exec {cmd}"]
+
+    snapshot = fsio.Uri(f"{root}/runs/{first}-32s/checkpoint_manager_snapshot.json")
+
+    def checkpointed() -> bool:
+        try:
+            return "epoch_0001" in fsio.read_text(snapshot)
+        except FileNotFoundError:
+            return False
+
+    a = ProcessGroup(on_host("host-a"), env, tmp_path / "worker-a.log")
+    b = None
+    try:
+        wait_for(lambda: (a.snapshot(), a.proc.poll() is None or pytest.fail(a.output()[-3000:]),
+                          checkpointed())[-1], 600, "the 32s job's first checkpoint in the bucket",
+                 interval=0.2)
+        a.killpg(signal.SIGKILL)
+        a.proc.wait(10)
+        wait_for(lambda: not a.live(), 20, "every process of the killed worker to exit")
+        assert q.get(first).state == "running"  # nobody told the queue
+        b = ProcessGroup(on_host("host-b", "--until-empty"), env, tmp_path / "worker-b.log")
+        assert b.wait(1500) == 0, b.output()[-4000:]
+        jobs = [q.get(s.id) for s in subs]
+        assert [j.state for j in jobs] == ["succeeded"] * 3, [(j.state, j.error) for j in jobs]
+        assert jobs[0].attempts == 2 and "reaped expired lease" in b.output()
+        assert jobs[1].init_from.startswith(f"{root}/runs/{first}-32s/"), jobs[1].init_from
+    finally:
+        left = a.cleanup() + (b.cleanup() if b is not None else [])
+        q.close()
+    assert not left, f"workers left processes behind: {left}"
+
+    from fcn_dist.store import ResultsStore
+
+    rows = ResultsStore(f"{root}/store").epochs(filters={"run_id": f"{first}-32s"}).to_pylist()
+    epochs = sorted(r["epoch"] for r in rows)
+    assert sorted(set(epochs)) == [1, 2, 3] and epochs.count(1) == 1, epochs  # resumed, not redone
+    r = subprocess.run([sys.executable, "-m", "fcn_dist.cli.results", "compare", "--format", "json"],
+                       cwd=hosts["laptop"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert sorted(x["variant"] for x in got) == sorted(VARIANTS) and len(got) == 3, got
+    for d in hosts.values():  # no host kept anything of the service locally
+        assert not [p for p in d.rglob("*") if p.is_file()], list(d.rglob("*"))
+    leftovers = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=fsio.Uri(root).key)
+    assert any(o["Key"].endswith("/model.pt") for o in leftovers["Contents"])
+    print(f"\nseveral-hosts test: {time.monotonic() - t0:.0f}s")
