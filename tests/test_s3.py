@@ -482,3 +482,101 @@ def test_hosts_without_a_shared_filesystem_share_everything_through_s3(
     leftovers = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=fsio.Uri(root).key)
     assert any(o["Key"].endswith("/model.pt") for o in leftovers["Contents"])
     print(f"\nseveral-hosts test: {time.monotonic() - t0:.0f}s")
+
+
+# --------------------------------------------------------------------------- transient errors
+class _FlakyProxy:
+    """An HTTP proxy in front of the S3 server that answers the first ``fail`` uploads
+    (PUT/POST) with 503 SlowDown, as a busy S3 does; everything else is forwarded."""
+
+    def __init__(self, upstream_port: int, fail: int):
+        import http.client
+        import http.server
+        import threading
+
+        proxy = self
+        self.fail, self.failed, self.forwarded = fail, 0, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _handle(self):
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = b""
+                    while True:
+                        n = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        body += self.rfile.read(n)
+                        self.rfile.readline()
+                        if n == 0:
+                            break
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command in ("PUT", "POST") and proxy.failed < proxy.fail:
+                    proxy.failed += 1
+                    msg = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                           b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                proxy.forwarded += 1
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                hop = {"expect", "connection", "keep-alive", "transfer-encoding", "content-length"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+                headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                length = r.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_transient_s3_errors_during_a_checkpoint_upload_are_retried(s3, tmp_path, monkeypatch):
+    """503 SlowDown answers to the first uploads: Ray Train's own checkpoint upload
+    (``_upload_to_fs_path`` through the filesystem fcn_dist resolves) and a store write are
+    retried by the S3 client and succeed; the checkpoint in the bucket loads."""
+    import torch
+    from ray.train.v2._internal.execution.storage import _upload_to_fs_path
+
+    from fcn_dist.checkpoint import load_state_dict
+    from fcn_dist.store import ResultsStore
+
+    proxy = _FlakyProxy(s3["port"], fail=2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    fsio.forget_filesystems()
+    try:
+        local = tmp_path / "epoch_0001"
+        local.mkdir()
+        torch.save({"w": torch.ones(3)}, local / "model.pt")
+        dest = fsio.Uri(f"s3://{BUCKET}/flaky-{uuid.uuid4().hex[:6]}/run/epoch_0001")
+        filesystem, path = fsio.resolve(dest)
+        _upload_to_fs_path(str(local), filesystem, path)
+        assert proxy.failed == 2 and torch.equal(load_state_dict(str(dest))["w"], torch.ones(3))
+        proxy.fail += 1
+        ResultsStore(str(dest.parent.parent / "store")).write_run(_run("flaky", "8s", 0.5))
+        assert proxy.failed == 3
+        assert ResultsStore(str(dest.parent.parent / "store")).runs().num_rows == 1
+    finally:
+        proxy.close()
+        fsio.forget_filesystems()
