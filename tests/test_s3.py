@@ -346,6 +346,7 @@ def s3_data(s3):
 
     root = f"s3://{BUCKET}/data-{uuid.uuid4().hex[:6]}"
     prepare("synthetic", f"{root}/syn", count=24, size=(64, 64), seed=0, shard_size=8)
+    assert "manifest.json" in _keys(f"{root}/syn")  # in the bucket, not in a local "s3:" dir
     return root
 
 
