@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from fcn_dist.fs import Location, location
 
@@ -42,3 +43,45 @@ def runs_path(value: str | os.PathLike | None = None) -> Location:
     else ``<store>/ray`` (path or URI)."""
     v = value or os.environ.get("FCN_RUNS")
     return location(v) if v else store_path() / "ray"
+
+
+# --------------------------------------------------------------------------- queue housekeeping
+DEFAULT_RETENTION = "7d"
+DEFAULT_DEAD_MAX = 10_000
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | float, what: str = "duration") -> float:
+    """Seconds in ``text``: a number with an optional unit ``s``, ``m``, ``h``, ``d`` or ``w``
+    (``90s``, ``15m``, ``12h``, ``7d``; a bare number is seconds). ValueError names ``what``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and text >= 0:
+        return float(text)
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([smhdw]?)", str(text).strip().lower())
+    if not m:
+        raise ValueError(f"{what}: expected a duration like 30s, 15m, 12h or 7d, got {text!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+
+
+def retention_seconds(value: str | float | None = None, what: str = "--retention") -> float | None:
+    """How long a finished job (record, history, logs, events) is kept: ``value``, else
+    ``$FCN_RETENTION``, else 7 days; ``None`` for ``never``. ValueError names the setting."""
+    if value is None or value == "":
+        value, what = os.environ.get("FCN_RETENTION") or DEFAULT_RETENTION, "FCN_RETENTION"
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return None
+    return parse_duration(value, what)
+
+
+def dead_max(value: int | str | None = None) -> int:
+    """How many dead-lettered jobs are kept (the oldest beyond it are purged): ``value``, else
+    ``$FCN_DEAD_MAX``, else 10,000. ValueError names the setting."""
+    what = "--dead-max"
+    if value is None or value == "":
+        value, what = os.environ.get("FCN_DEAD_MAX") or DEFAULT_DEAD_MAX, "FCN_DEAD_MAX"
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"{what}: expected a whole number >= 0, got {value!r}")
+    return n

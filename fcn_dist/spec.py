@@ -56,7 +56,10 @@ class JobSpec:
     epochs: int = 10
     batch_size: int = 8  # per worker
     crop_size: list[int] = field(default_factory=lambda: [256, 256])  # [height, width]
-    eval_size: list[int] | None = None  # [h, w] the network sees at eval; null = crop_size
+    eval_size: list[int] | str | None = None  # what the network sees at validation and the final
+    #   score: [h, w] (images resized; logits upsampled to each label's original size), native
+    #   (each whole image at its own size), null = native when the val/test images share one
+    #   size, else crop_size. Scores are always taken at the labels' original size.
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # train random scale
     #   [min, max] (1.0 = the image just covers the crop); [1, 1] disables scaling
     lr: float = 1e-3
@@ -176,6 +179,16 @@ class JobSpec:
                                 "prepare it with images or choose another split")
         return val, test
 
+    def eval_input_size(self, shared_size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The network's input size at validation and the final score, None = native:
+        ``eval_size`` when set, else native when the val/test images share one size
+        (``shared_size``), else ``crop_size``."""
+        if self.eval_size == "native":
+            return None
+        if self.eval_size is not None:
+            return size2(self.eval_size)
+        return None if shared_size is not None else size2(self.crop_size)
+
     def data_dir(self, root: str | Path | None = None) -> "Location":
         """The prepared dataset directory: ``data`` under the prepared-data root (FCN_DATA, a
         path or a URI); an absolute path or a URI must lie inside it."""
@@ -248,9 +261,9 @@ class JobSpec:
             raise bad("scale_range", f"must be [min, max] with 0.05 <= min <= max <= 20, got {self.scale_range}")
         for fld in ("crop_size", "eval_size"):
             v = getattr(self, fld)
-            if v is None and fld == "eval_size":
+            if fld == "eval_size" and (v is None or v == "native"):
                 continue
-            if len(v) != 2 or any(x < 16 or x > 8192 for x in v):
+            if not isinstance(v, list) or len(v) != 2 or any(x < 16 or x > 8192 for x in v):
                 raise bad(fld, f"must be [height, width] with 16 <= each <= 8192, got {v}")
         if self.backbone_weights not in (None, "imagenet"):
             if not Path(self.backbone_weights).expanduser().is_file():
@@ -301,12 +314,15 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
             raise bad(f"must be a list of numbers [min, max], got {value!r}")
         return [float(x) for x in value]
     if t.startswith("list[int]"):
+        if key == "eval_size" and value == "native":
+            return value
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value, value]
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(x, int) and not isinstance(x, bool) for x in value
         ):
-            raise bad(f"must be an integer or a list [height, width], got {value!r}")
+            also = " or native" if key == "eval_size" else ""
+            raise bad(f"must be an integer or a list [height, width]{also}, got {value!r}")
         return list(value)
     if t.startswith("bool"):
         if isinstance(value, bool):

@@ -166,3 +166,27 @@ def test_gpu_check_dry_run_needs_neither_ray_nor_redis(tmp_path):
               "inference_mfu", "bf16_matmul_peak_tflops"):
         assert res[k] > 0, k
     assert (root / "benchmarks" / "gpu_check.sh").stat().st_mode & 0o111
+
+
+@pytest.mark.slow
+def test_fcn_bench_train_compares_the_service_with_a_plain_loop(tmp_path, ray_session, monkeypatch):
+    """fcn-bench train on a tiny synthetic set: one (plain, service) pair, figures in the JSON."""
+    from fcn_dist.data import prepare
+
+    prepare("synthetic", tmp_path / "synthetic", count=40, size=(32, 32), overwrite=True)
+    monkeypatch.setenv("FCN_RUNS", str(tmp_path / "runs"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: b\ndata: {tmp_path / 'synthetic'}\nvariant: 8s\nbackbone: resnet18\n"
+                    "backbone_weights: null\nepochs: 2\nbatch_size: 4\ncrop_size: [32, 32]\n"
+                    "eval_size: [32, 32]\nnum_workers: 1\nuse_gpu: 'false'\n")
+    out = tmp_path / "train.json"
+    r = CliRunner().invoke(main, ["train", "--spec", str(spec), "--set", "steps_per_epoch=3",
+                                  "--repeats", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["service"][0]["status"] == "succeeded" and len(res["plain"]) == 1
+    for k in ("service_images_per_second", "plain_images_per_second", "ratio",
+              "service_utilisation", "plain_utilisation", "train_gflops_per_image"):
+        assert res[k] > 0, k
+    assert set(res["plain"][0]["breakdown_seconds"]) == {"data", "forward_backward", "optimizer"}
+    assert "ratio service/plain" in r.output

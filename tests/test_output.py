@@ -60,8 +60,9 @@ def test_watch_shows_the_progress_a_worker_publishes(redis_url, redis_prefix):
     assert job.id == jid
     assert q.set_progress(jid, "w1", {"epoch": 2, "epochs": 5, "step": 3, "steps": 9,
                                       "miou": 0.4321, "images_per_second": 7.25,
-                                      "eta_seconds": 125})
-    assert not q.set_progress(jid, "intruder", {"epoch": 9})
+                                      "eta_seconds": 125}, lease=job.lease)
+    assert not q.set_progress(jid, "intruder", {"epoch": 9}, lease=job.lease)
+    assert not q.set_progress(jid, "w1", {"epoch": 9}, lease=job.lease + 1)  # not its lease
     assert q.get(jid).progress["epoch"] == 2
     r = CliRunner().invoke(main, ["--redis-url", redis_url, "--prefix", redis_prefix, "watch", "--once"])
     assert r.exit_code == 0, r.output

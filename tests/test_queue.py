@@ -138,7 +138,8 @@ def test_job_record_fields_are_parsed_from_the_hash():
     job = Job.from_hash(h)
     assert job == Job(id="abc", state="running", spec_json='{"epochs": 2}', variant="16s", attempts=2,
                       max_attempts=3, priority=-5, created_at=12.5, result={"miou": 0.5},
-                      cancel_requested=True, worker="w1", raw=h)
+                      cancel_requested=True, worker="w1",
+                      corrupt="max_attempts '' is not an integer", raw=h)  # shown as corrupt
     assert job.state is JobState.RUNNING and job.state == "running" and f"{job.state}" == "running"
     assert job.state in {"running"} and job.state in ACTIVE_STATES
     assert Job.from_hash({"result": "{bad"}).result == {"unparsed": "{bad"}
@@ -163,16 +164,20 @@ def test_submit_claim_complete_records_everything(queue):
     assert claimed.id == sub.id and claimed.state == "running" and claimed.attempts == 1
     assert claimed.worker == "w1" and claimed.lease_deadline > time.time()
     assert queue.claim("w2", 5) is None  # exactly one worker holds it
-    assert queue.heartbeat(sub.id, "w1", 5) == "ok"
-    assert queue.heartbeat(sub.id, "w2", 5) == "lost"  # owner-checked
+    lease = claimed.lease
+    assert queue.heartbeat(sub.id, "w1", 5, lease=lease) == "ok"
+    assert queue.heartbeat(sub.id, "w2", 5, lease=lease) == "lost"  # owner-checked
     with pytest.raises(LeaseLost):
-        queue.complete(sub.id, "w2", {})
-    queue.complete(sub.id, "w1", {"miou": 0.5, "best_checkpoint": "/ckpt"})
-    queue.complete(sub.id, "w1", {"miou": 0.5})  # repeat after a lost reply: harmless
+        queue.complete(sub.id, "w2", {}, lease=lease)
+    queue.complete(sub.id, "w1", {"miou": 0.5, "best_checkpoint": "/ckpt"}, lease=lease)
+    queue.complete(sub.id, "w1", {"miou": 0.5}, lease=lease)  # repeat after a lost reply: harmless
     job = queue.get(sub.id)
     assert job.state == "succeeded" and job.result["miou"] == 0.5 and job.finished_at
-    assert [h["to"] for h in queue.history(sub.id)] == ["queued", "running", "succeeded"]
-    assert [e["to"] for e in queue.events(job_id=sub.id)] == ["queued", "running", "succeeded"]
+    hist = queue.history(sub.id)
+    assert [h["to"] for h in hist if h["event"] != "fenced"] == ["queued", "running", "succeeded"]
+    assert [h["worker"] for h in hist if h["event"] == "fenced"] == ["w2"]  # the refused call, noted
+    assert [e["to"] for e in queue.events(job_id=sub.id) if e["event"] != "fenced"] == \
+        ["queued", "running", "succeeded"]
     c = queue.counts()
     assert c["succeeded"] == 1 and c["queued"] == 0 and c["running"] == 0 and c["total"] == 1
     with pytest.raises(QueueError, match="unknown job"):
@@ -220,7 +225,7 @@ def test_expired_lease_is_reclaimed_and_the_attempt_counts(queue):
     assert queue.reap() == [jid]
     job = queue.get(jid)
     assert job.state == "queued" and job.attempts == 1
-    assert queue.heartbeat(jid, "ghost", 5) == "lost"  # the ghost learns it lost the job
+    assert queue.heartbeat(jid, "ghost", 5, lease=1) == "lost"  # the ghost learns it lost the job
 
     seen = []
     w, t = start_thread_worker(queue, lambda job, stop: seen.append(job.attempts) or {})
@@ -300,8 +305,8 @@ def test_poison_job_retries_with_backoff_then_dead_letters(queue):
 def test_backoff_holds_the_retry_back(redis_url, redis_prefix):
     q = JobQueue(redis_url, prefix=redis_prefix, backoff_base=0.5, backoff_max=5)
     jid = q.submit(mkspec("slow-retry")).id
-    q.claim("w", 5)
-    assert q.fail(jid, "w", "transient") == "queued"
+    j = q.claim("w", 5)
+    assert q.fail(jid, "w", "transient", lease=j.lease) == "queued"
     job = q.get(jid)
     assert job.retry_at and job.retry_at > time.time()
     assert q.claim("w", 5) is None  # still backing off
@@ -405,12 +410,12 @@ def test_idempotent_resubmission_and_force(queue):
     # running still counts as active
     claimed = queue.claim("w", 5)
     assert queue.submit(spec).id in (a.id, c.id)
-    queue.complete(claimed.id, "w", {})
+    queue.complete(claimed.id, "w", {}, lease=claimed.lease)
     # once finished, the key is cleared (when it pointed at the finished job)
     for _ in range(3):
         j = queue.claim("w", 5)
         if j:
-            queue.complete(j.id, "w", {})
+            queue.complete(j.id, "w", {}, lease=j.lease)
     d = queue.submit(spec)
     assert d.created and d.id not in (a.id, c.id)
 
@@ -440,7 +445,7 @@ def test_staged_chain_runs_in_order_with_parent_checkpoints(queue):
 def test_failed_parent_cancels_children_and_retry_revives_them(queue):
     subs = queue.submit_variants(mkspec("chain2"), ["32s", "16s", "8s"], staged=True, max_attempts=1)
     j = queue.claim("w", 5)
-    assert queue.fail(j.id, "w", "out of memory") == "failed"
+    assert queue.fail(j.id, "w", "out of memory", lease=j.lease) == "failed"
     c16, c8 = queue.get(subs[1].id), queue.get(subs[2].id)
     assert c16.state == "cancelled" and f"parent job {subs[0].id} failed" in c16.error
     assert c8.state == "cancelled" and f"parent job {subs[1].id} was cancelled" in c8.error
@@ -454,7 +459,7 @@ def test_failed_parent_cancels_children_and_retry_revives_them(queue):
     # a child submitted after its parent succeeded is queued at once with the checkpoint
     p = queue.submit(mkspec("p", "32s"))
     j = queue.claim("w", 5)
-    queue.complete(j.id, "w", {"best_checkpoint": "/c/32"})
+    queue.complete(j.id, "w", {"best_checkpoint": "/c/32"}, lease=j.lease)
     child = queue.submit(mkspec("p", "16s"), depends_on=p.id)
     assert child.state == "queued" and queue.get(child.id).init_from == "/c/32"
     with pytest.raises(QueueError, match="unknown parent"):
@@ -599,10 +604,11 @@ def test_password_and_acl_user_urls(tmp_path):
     try:
         q = JobQueue(f"redis://:s3cret@127.0.0.1:{server.port}/0", prefix="fcn:")
         jid = q.submit(mkspec("auth")).id
-        assert q.claim("w", 5).id == jid
+        j = q.claim("w", 5)
+        assert j.id == jid
         q.redis.execute_command("ACL", "SETUSER", "fcn", "on", ">pw-fcn", "~fcn:*", "+@all")
         q2 = JobQueue(f"redis://fcn:pw-fcn@127.0.0.1:{server.port}/0", prefix="fcn:")
-        q2.complete(jid, "w", {"ok": 1})
+        q2.complete(jid, "w", {"ok": 1}, lease=j.lease)
         assert q2.get(jid).state == "succeeded"
         bad = JobQueue(f"redis://:wrong@127.0.0.1:{server.port}/0", prefix="fcn:")
         with pytest.raises(QueueError) as e:

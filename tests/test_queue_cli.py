@@ -138,7 +138,7 @@ def test_jobs_list_show_cancel_retry_logs_dead(cli, queue, spec_file):
     j = queue.claim("w-test", 5)
     queue.append_logs(j.id, ["epoch 1: loss 0.9", "epoch 2: loss nan"])
     queue.fail(j.id, "w-test", "TrainingError: non-finite loss at epoch 2", "Traceback...\nTrainingError",
-               retryable=False)
+               lease=j.lease, retryable=False)
     r = jobs("show", j.id[:8])
     assert r.exit_code == 0
     for needle in ("state      failed", "non-finite loss", "history", "claimed", "spec", '"epochs": 1'):
@@ -177,7 +177,7 @@ def test_cancel_of_a_finished_job_says_so(cli, queue, spec_file):
     submit, jobs = cli
     jid = submit("--spec", str(spec_file), "--variant", "8s").stdout.split()[0]
     j = queue.claim("w", 5)
-    queue.complete(j.id, "w", {"miou": 0.1})
+    queue.complete(j.id, "w", {"miou": 0.1}, lease=j.lease)
     err = one_line_error(jobs("cancel", jid), 1)
     assert "already succeeded" in err
 

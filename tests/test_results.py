@@ -228,3 +228,42 @@ def test_cli(store):
         assert r.exit_code == 0 and json.loads(r.output) == [{"n": 6}]
         r = runner.invoke(cli, ["query", "--store", root, "select bad from runs"])
         assert r.exit_code == 1 and r.output.startswith("error: query failed")
+
+
+def test_a_score_on_the_selection_split_is_labelled_so_everywhere(tmp_path):
+    """Issue 17.3: compare (table, markdown, csv, json), report.html and the CLI say which
+    split each final score is on; a score on the split that chose the checkpoint reads
+    "val (used for selection)", a row of schema 1 "unknown"; none calls it test."""
+    st = ResultsStore(tmp_path / "store")
+    for rid, variant, split, sel, miou in (("a-32s", "32s", "val", True, 0.41),
+                                           ("a-8s", "8s", "val", True, 0.52),
+                                           ("b-8s", "8s", None, None, 0.6)):
+        st.write_run(dict(run_id=rid, variant=variant, backbone="resnet18", dataset="camvid",
+                          status="succeeded", miou=miou, eval_split=split,
+                          eval_is_selection=sel, eval_size="native", class_names=CLASSES,
+                          per_class_iou=[miou] * 3, confusion_matrix=np.eye(3, dtype=int) * 9))
+    rows = {r["run_id"]: r for r in compare(st)}
+    assert rows["a-8s"]["scored_on"] == "val (used for selection)"
+    assert rows["b-8s"]["scored_on"] == "unknown"
+    # runs on another split (or unknown) do not compete for "best" with the val runs
+    assert "miou" in rows["a-8s"]["best"] and "miou" not in rows["b-8s"]["best"]
+    table = format_compare(list(rows.values()), "table")
+    assert "scored on" in table.splitlines()[0]
+    assert table.count("val (used for selection)") == 2
+    md = format_compare(list(rows.values()), "markdown")
+    assert "| val (used for selection) |" in md and "| scored on |" in md
+    parsed = list(csv.DictReader(io.StringIO(format_compare(list(rows.values()), "csv"))))
+    assert {r["eval_split"] for r in parsed} == {"val", ""}
+    js = json.loads(format_compare(list(rows.values()), "json"))
+    assert {r["scored_on"] for r in js} == {"val (used for selection)", "unknown"}
+    cells = table.splitlines()[:-1] + md.split("\n\n")[0].splitlines()  # not the footnotes
+    assert not [line for line in cells if "test" in line.lower()]
+    res = plot(st, tmp_path / "report", gallery=0, dataset="camvid")
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "val (used for selection)" in html and "Test metrics" not in html
+    assert ">test<" not in html.lower() and "(test)" not in html.lower()
+    assert res["files"]["report"]
+    r = CliRunner().invoke(cli, ["compare", "--store", str(st.root)])
+    assert r.exit_code == 0 and "val (used for selection)" in r.output
+    r = CliRunner().invoke(cli, ["runs", "--store", str(st.root)])
+    assert r.exit_code == 0 and "eval_is_selection" in r.output.splitlines()[0]

@@ -257,3 +257,27 @@ def test_readers_see_each_row_once_during_writes_and_compactions(tmp_path):
     assert not errors, errors[:5]
     final = Counter(keys(ResultsStore(tmp_path).epochs()))
     assert len(final) == n_writers * n_rows and set(final.values()) == {1}
+
+
+def test_schema_2_records_the_scored_split_and_schema_1_runs_read_as_unknown(tmp_path):
+    """Issue 17.3: runs say which split the final score is on and whether it chose the
+    checkpoint; a runs file of schema 1 (without those columns) still reads, as null."""
+    from fcn_dist.store import scored_on
+
+    assert SCHEMA_VERSION == 2
+    d = tmp_path / "runs"
+    d.mkdir(parents=True)
+    v1 = pa.schema([f for f in RUN_SCHEMA if f.name not in ("eval_split", "eval_is_selection",
+                                                            "eval_size")],
+                   metadata={b"fcn_dist.schema_version": b"1", b"fcn_dist.table": b"runs"})
+    pq.write_table(pa.Table.from_pylist([{"schema_version": 1, "run_id": "old", "miou": 0.4}],
+                                        schema=v1), d / "run-old-0000.parquet")
+    st = ResultsStore(tmp_path)
+    st.write_run(run_row("new", eval_split="val", eval_is_selection=True, eval_size="native"))
+    rows = {r["run_id"]: r for r in st.runs().to_pylist()}
+    assert rows["old"]["miou"] == 0.4 and rows["old"]["schema_version"] == 1
+    assert rows["old"]["eval_split"] is None and rows["old"]["eval_is_selection"] is None
+    assert rows["new"]["schema_version"] == 2 and rows["new"]["eval_size"] == "native"
+    assert scored_on(rows["new"]["eval_split"], rows["new"]["eval_is_selection"]) == \
+        "val (used for selection)"
+    assert scored_on(rows["old"]["eval_split"], rows["old"]["eval_is_selection"]) == "unknown"

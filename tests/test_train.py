@@ -47,11 +47,11 @@ def _in01(v) -> bool:
 @pytest.mark.ray
 def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
         ray_session, synthetic, store_root, tmp_path):
-    from fcn_dist.data import ShardDataset
-    from fcn_dist.data.transforms import eval_transform
+    from fcn_dist.data.transforms import Preprocessing
     from fcn_dist.store import ResultsStore
     from fcn_dist.perf import prepare_for_training, training_settings
     from fcn_dist.train import evaluate, load_checkpoint, run
+    from fcn_dist.train.evaluate import scoring_dataset
 
     spec = _spec(synthetic)  # smoke.yaml: 2 workers, Ray Data input, amp auto
     assert spec.num_workers == 2
@@ -76,6 +76,8 @@ def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
         assert _in01(row[k]), (k, row[k])
         assert res[k] == pytest.approx(row[k])
     assert sum(map(sum, row["confusion_matrix"])) == 4 * 64 * 64  # test split, original size
+    assert row["eval_split"] == "test" and row["eval_is_selection"] is False
+    assert res["scored_on"] == "test" and row["eval_size"] == "native"  # smoke: eval_size native
     assert row["params"] > 1e6 and row["gflops_per_image"] > 0
     assert Path(row["best_checkpoint"]).is_dir()
 
@@ -83,13 +85,13 @@ def test_two_worker_run_writes_store_rows_and_ddp_metrics_match_single_process(
     latest = run_dir / "epoch_0002"
     model, meta = load_checkpoint(latest)
     assert meta["epoch"] == 2 and meta["classes"] == ["background", "shape", "border"]
-    assert meta["ignore_index"] == 255 and meta["eval_size"] == [64, 64]
+    assert meta["ignore_index"] == 255 and meta["eval_size"] is None  # native
     torch.load(latest / "train_state.pt", weights_only=True)
 
     # DDP-synchronised validation (2 ranks, torchmetrics sync) == one process, same checkpoint
     settings = training_settings("cpu", spec.amp)  # the loop's precision policy and layout
     prepare_for_training(model, settings)
-    val = ShardDataset(synthetic, "val", transform=eval_transform(meta["eval_size"]))
+    val = scoring_dataset(synthetic, "val", Preprocessing.from_dict(meta))
     single = evaluate(model, val, num_classes=3, ignore_index=255, batch_size=1,
                       amp_dtype=settings.amp_dtype)
     last = epochs[-1]

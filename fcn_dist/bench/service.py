@@ -178,7 +178,7 @@ def bench_ray_train(spec: JobSpec, store_root: str, run_dir: str, redis_url: str
                 out["claim_to_first_step_seconds"] = first_step - t_claim
         if queue is not None and job_id:
             with contextlib.suppress(Exception):
-                queue.complete(job_id, "bench-worker", result)
+                queue.complete(job_id, "bench-worker", result, lease=job.lease)
     finally:
         if queue is not None:
             _drop_prefix(queue, prefix)

@@ -35,8 +35,10 @@ def _write_json(path: str | None, res: dict[str, Any]) -> None:
 @click.group(cls=Group, fcn_error_code=2,  # a benchmark error is about its options: exit 2
              context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation) and
-    `fcn-bench service` (Ray Train overhead, ingest, queue, store). Figures, never asserts."""
+    """Benchmarks: `fcn-bench model NAME` (throughput, latency, memory, utilisation),
+    `fcn-bench service` (Ray Train overhead, ingest, queue, store), `fcn-bench train` (the
+    service's training against a plain loop) and `fcn-bench queue-memory` (Redis bytes per
+    finished job, retention on vs off). Figures, never asserts."""
 
 
 @main.command()
@@ -132,6 +134,52 @@ def service(model_name, size, batch, steps, epochs, repeats, settle_seconds, cou
                             store_runs=store_runs, store_epochs=store_epochs, parts=parts,
                             log=lambda s: click.echo(s, err=True))
     click.echo(format_service_table(res))
+    _write_json(json_out, res)
+
+
+@main.command()
+@click.option("--spec", "spec_path", required=True, metavar="FILE", help="Job spec (YAML).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec field (repeatable); steps_per_epoch is required.")
+@click.option("--repeats", type=click.IntRange(1), default=2, show_default=True,
+              help="(plain loop, service) pairs, who goes first alternating")
+@click.option("--plain-steps", type=click.IntRange(2), default=None,
+              help="steps of each plain-loop run (default: steps_per_epoch x (epochs - 1))")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
+def train(spec_path, overrides, repeats, plain_steps, json_out) -> None:
+    """Images/s training through the service (Ray Train, Ray Data, metrics, checkpoints)
+    against a plain single-process loop of the same model, data, batch and threads."""
+    from fcn_dist.bench.train import format_train_table, run_train_bench
+    from fcn_dist.cli.support import setup_output
+    from fcn_dist.spec import load_spec
+
+    setup_output("INFO", False)
+    spec = load_spec(spec_path, overrides)
+    if not spec.steps_per_epoch:
+        raise FcnError("fcn-bench train needs a step count: --set steps_per_epoch=N")
+    res = run_train_bench(spec, repeats=repeats, plain_steps=plain_steps,
+                          say=lambda s: click.echo(s, err=True))
+    click.echo(format_train_table(res))
+    _write_json(json_out, res)
+
+
+@main.command("queue-memory")
+@click.option("--jobs", type=click.IntRange(1), default=10_000, show_default=True,
+              help="jobs run through the queue with retention on, then off")
+@click.option("--per-job", type=click.IntRange(1), default=500, show_default=True,
+              help="finished jobs (kept) measured for the bytes per job by key kind")
+@click.option("--retention", default="1s", show_default=True, metavar="DURATION",
+              help="the short retention of the 'on' run")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True,
+              help="Redis to measure on (a unique key prefix, removed afterwards)")
+@click.option("--json", "json_out", default=None, metavar="OUT", help="write figures as JSON")
+def queue_memory(jobs, per_job, retention, redis_url, json_out) -> None:
+    """Redis memory per finished job by key kind, and after JOBS jobs with retention on vs off."""
+    from fcn_dist.bench.queue_memory import bench_queue_memory, format_queue_memory
+
+    res = bench_queue_memory(redis_url, jobs=jobs, per_job=per_job, retention=retention,
+                             log=lambda s: click.echo(s, err=True))
+    click.echo(format_queue_memory(res))
     _write_json(json_out, res)
 
 

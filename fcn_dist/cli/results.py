@@ -31,7 +31,7 @@ def main() -> None:
 @click.option("--variant", default=None, help="only this variant (32s, 16s, 8s)")
 @_fmt_opt
 def compare(store, dataset, backbone, variant, fmt) -> None:
-    """One row per run: test metrics and cost, best per column marked."""
+    """One row per run: final score (and the split it is on), cost; best per column marked."""
     from fcn_dist.report import compare as _compare, format_compare
 
     st = _open(store)
@@ -67,7 +67,7 @@ def query(sql, store, fmt) -> None:
 @click.option("--run", "run_ids", multiple=True, metavar="RUN_ID",
               help="report these runs (repeatable; unique prefixes accepted)")
 @click.option("--gallery", default=4, show_default=True, type=click.IntRange(min=0),
-              help="test images in the overlay gallery (0: none)")
+              help="images in the overlay gallery (of the test split, else val; 0: none)")
 @click.option("--data", "data_dir", default=None, metavar="DIR",
               help="prepared data for the gallery (default: the runs' spec data dir)")
 def plot(store, out, dataset, backbone, run_ids, gallery, data_dir) -> None:
@@ -87,11 +87,11 @@ def plot(store, out, dataset, backbone, run_ids, gallery, data_dir) -> None:
 @click.option("--dataset", default=None)
 @_fmt_opt
 def runs(store, dataset, fmt) -> None:
-    """List the runs (id, variant, backbone, dataset, status, test mIoU, finished)."""
+    """List the runs (id, variant, backbone, dataset, status, final mIoU and its split, finished)."""
     from fcn_dist.report import format_table
 
-    cols = ["run_id", "job_id", "variant", "backbone", "dataset", "status", "miou", "epochs",
-            "best_checkpoint", "finished_at"]
+    cols = ["run_id", "job_id", "variant", "backbone", "dataset", "status", "miou", "eval_split",
+            "eval_is_selection", "epochs", "best_checkpoint", "finished_at"]
     try:
         tbl = _open(store).runs(filters={"dataset": dataset} if dataset else None, columns=cols)
     except ValueError as exc:  # the store names the unknown column

@@ -30,6 +30,17 @@ def parse_variants(value: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _retention(_ctx, _param, value: str | None) -> float | str:
+    """The flag, else $FCN_RETENTION, else 7d, checked before Redis is contacted."""
+    from fcn_dist import config
+
+    try:
+        seconds = config.retention_seconds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return "never" if seconds is None else seconds
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spec", "spec_path", required=True, metavar="FILE", help="Job spec (YAML).")
 @click.option("--variant", default="all", show_default=True, metavar="all|32s|16s|8s",
@@ -44,11 +55,14 @@ def parse_variants(value: str) -> list[str]:
 @click.option("--force", is_flag=True, help="Submit even if the same job is already waiting, queued or running.")
 @click.option("--max-attempts", type=int, default=3, show_default=True,
               help="Attempts before a failing job is dead-lettered.")
+@click.option("--retention", default=None, metavar="DURATION|never", callback=_retention,
+              show_default="$FCN_RETENTION or 7d",
+              help="How long the jobs are kept once finished (30m, 12h, 7d, never).")
 @redis_options
 @click.option("--json", "as_json", is_flag=True, help="Print the submissions as JSON.")
 def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[str, ...],
-         priority: int, staged: bool, force: bool, max_attempts: int, redis_url: str,
-         prefix: str, as_json: bool) -> None:
+         priority: int, staged: bool, force: bool, max_attempts: int, retention: float | str,
+         redis_url: str, prefix: str, as_json: bool) -> None:
     """Submit training jobs; prints one job id per line (an existing id for a duplicate)."""
     from fcn_dist.queue.redis_queue import JobQueue
     from fcn_dist.spec import load_spec
@@ -67,7 +81,7 @@ def main(spec_path: str, variant: str, backbone: str | None, overrides: tuple[st
     q.call_with_retry(q.ping, attempts=3, base=0.5, on_retry=warn)
     subs = q.call_with_retry(
         lambda: q.submit_variants(spec, variants, staged=staged, priority=priority,
-                                  max_attempts=max_attempts, force=force),
+                                  max_attempts=max_attempts, force=force, retention=retention),
         attempts=1 if force else 3, base=0.5, on_retry=warn)
     for note in _unapplied_settings(q, subs, priority=priority, max_attempts=max_attempts):
         click.echo(note, err=True)

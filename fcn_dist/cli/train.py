@@ -35,7 +35,7 @@ from fcn_dist.cli.support import Command, setup_output
 def main(spec_path: str, variant: str | None, backbone: str | None, overrides: tuple[str, ...],
          run_dir: str | None, init_from: str | None, ray_address: str | None, as_json: bool,
          verbose: bool) -> None:
-    """Train one FCN variant on Ray Train and print its test metrics."""
+    """Train one FCN variant on Ray Train and print its final score (and the split it is on)."""
     from fcn_dist.spec import load_spec
     from fcn_dist.train import Interrupted, run
     from fcn_dist.train.progress import Console
@@ -73,13 +73,17 @@ def main(spec_path: str, variant: str | None, backbone: str | None, overrides: t
 
 def format_result(r: dict) -> str:
     """Human-readable result summary."""
+    from fcn_dist.store import scored_on
+
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
+    split = r.get("scored_on") or scored_on(r.get("eval_split"), r.get("eval_is_selection"))
     lines = [
         f"run {r['run_id']} ({r['variant']}, {r['backbone']}, {r['dataset']}): {r['status']}",
-        f"  {r.get('test_split', 'test')}: mIoU {f(r['miou'])}  pixel acc {f(r['pixel_accuracy'])}  "
-        f"mean acc {f(r['mean_accuracy'])}  fwIoU {f(r['fwiou'])}",
+        f"  {split}: mIoU {f(r['miou'])}  pixel acc {f(r['pixel_accuracy'])}  "
+        f"mean acc {f(r['mean_accuracy'])}  fwIoU {f(r['fwiou'])}"
+        + (f"  (eval size {r['eval_size']})" if r.get("eval_size") else ""),
         f"  best epoch {r.get('best_epoch')} (val mIoU {f(r.get('best_val_miou'))}), "
         f"train {r['train_seconds']:.1f} s, {r.get('images_per_second') or 0:.1f} images/s",
         f"  best checkpoint: {r['best_checkpoint']}",

@@ -15,11 +15,19 @@ from fcn_dist.queue.job import (
     Submission,
     idempotency_key,
 )
-from fcn_dist.queue.redis_queue import DEFAULT_PREFIX, JobQueue, LeaseLost, RedisUnavailable, redact_url
+from fcn_dist.queue.redis_queue import (
+    DEFAULT_PREFIX,
+    JobQueue,
+    LeaseLost,
+    RedisRefused,
+    RedisUnavailable,
+    redact_url,
+)
 from fcn_dist.queue.worker import Worker, load_run_fn, train_run_fn
 
 __all__ = [
     "ACTIVE_STATES", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_PREFIX", "STATES", "TERMINAL_STATES",
-    "Interrupted", "Job", "JobQueue", "JobState", "LeaseLost", "RedisUnavailable", "Submission",
-    "Worker", "idempotency_key", "is_interruption", "load_run_fn", "redact_url", "train_run_fn",
+    "Interrupted", "Job", "JobQueue", "JobState", "LeaseLost", "RedisRefused", "RedisUnavailable",
+    "Submission", "Worker", "idempotency_key", "is_interruption", "load_run_fn", "redact_url",
+    "train_run_fn",
 ]

@@ -10,10 +10,15 @@ job id for staged chains), `init_from` (the parent's `best_checkpoint`, set when
 succeeds), `idem_key`, `run_dir`, `dashboard` (the Ray dashboard links, JSON), `progress`
 (the run's latest epoch, step and metrics, JSON, published by the worker),
 `cancel_requested` (`1` while a running job is being cancelled), `cancel_reason`,
-`cancelled_by_parent`.
+`cancelled_by_parent`, `lease` (the fencing number of the latest claim: the holder presents it
+with every call), `lease_ended` (how the holder of that lease ended it: `completed`, `failed`,
+`released`, `cancelled`, or `expired` when it was reaped; empty while it runs), `lease_shifted`
+(`1` once an outage moved the lease's deadline; cleared by the next heartbeat).
 
-:class:`Job` parses the fields a caller needs (``score``, ``seq`` and ``cancelled_by_parent``
-stay in ``Job.raw``). The idempotency key of a submission is :func:`idempotency_key`.
+:class:`Job` parses the fields a caller needs (``score``, ``seq``, ``cancelled_by_parent`` and
+``lease_shifted`` stay in ``Job.raw``). A record whose queue fields cannot be parsed is
+*corrupt* (:func:`record_problem`; ``Job.corrupt`` says why): the scripts dead-letter it, lists
+show it as ``corrupt``. The idempotency key of a submission is :func:`idempotency_key`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -61,24 +68,33 @@ def _state(v: str) -> JobState | str:
 
 
 def _seconds(v: str) -> float | None:
+    # only shown, never computed with: an unreadable timestamp is shown as "-"
     try:
-        return float(v)
+        t = float(v)
     except ValueError:
         return None
+    return t if math.isfinite(t) else None
+
+
+def _int(v: str) -> int | None:
+    # a field record_problem checks: an unreadable value takes the default (the record is corrupt)
+    return int(v) if _INT.fullmatch(v) else None
 
 
 def _result(v: str) -> dict[str, Any]:
     try:
-        return json.loads(v)
+        d = json.loads(v)
     except ValueError:
-        return {"unparsed": v}
+        d = None
+    return d if isinstance(d, dict) else {"unparsed": v}
 
 
-def _links(v: str) -> dict[str, str] | None:
+def _links(v: str) -> dict[str, Any] | None:
     try:
-        return json.loads(v)
+        d = json.loads(v)
     except ValueError:
         return None
+    return d if isinstance(d, dict) else None
 
 
 def _flag(v: str) -> bool:
@@ -117,6 +133,9 @@ class Job:
     progress: dict[str, Any] | None = None  # the run's latest progress (epoch k/N, metrics, ETA)
     cancel_requested: bool = False
     cancel_reason: str = ""
+    lease: int = 0  # the fencing number of the latest claim (the holder presents it)
+    lease_ended: str = ""
+    corrupt: str = ""  # why the record cannot be parsed (record_problem), "" when it is sound
     raw: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -125,19 +144,28 @@ class Job:
 
         A missing field takes its default; so does an empty one, except for text fields, which
         are taken as they are (see ``_PARSE`` for how each non-text field is read).
+        Never raises: a field that cannot be read takes its default, and ``corrupt`` says why
+        the record is unsound (:func:`record_problem`).
         """
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name == "raw":
+            if f.name in ("raw", "corrupt"):
                 continue
             v = h.get(f.metadata.get("key", f.name))
             parse = _PARSE.get(f.name)
-            if v is None or (v == "" and parse is not None):
+            parsed = None if v is None or (v == "" and parse is not None) else \
+                parse(v) if parse is not None else v
+            if parsed is None:
                 kw[f.name] = f.metadata.get("missing", "") if f.default is dataclasses.MISSING \
                     else f.default
             else:
-                kw[f.name] = parse(v) if parse is not None else v
-        return cls(**kw, raw=dict(h))
+                kw[f.name] = parsed
+        return cls(**kw, corrupt=record_problem(h) or "", raw=dict(h))
+
+    @property
+    def shown_state(self) -> str:
+        """The state as lists show it: ``corrupt`` for a record that cannot be parsed."""
+        return "corrupt" if self.corrupt else str(self.state)
 
     @property
     def spec(self):
@@ -155,20 +183,25 @@ class Job:
             return {}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of the record (spec as a dict)."""
+        """JSON-able dict of the record (spec as a dict); a corrupt record has state
+        ``corrupt``, its ``stored_state`` and the reason in ``corrupt``."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("raw", "spec_json")}
-        d["state"] = str(self.state)
+        d["state"] = self.shown_state
+        if self.corrupt:
+            d["stored_state"] = str(self.state)
         d["spec"] = self.spec_dict
         return d
 
 
-# How each non-text field of a record is read (text fields are taken as they are).
+# How each non-text field of a record is read (text fields are taken as they are; a value that
+# cannot be read takes the field's default).
 _PARSE: dict[str, Callable[[str], Any]] = {
     "state": _state,
-    "attempts": int,
-    "max_attempts": int,
-    "priority": int,
+    "attempts": _int,
+    "max_attempts": _int,
+    "priority": _int,
+    "lease": _int,
     **dict.fromkeys(("created_at", "updated_at", "started_at", "finished_at", "heartbeat_at",
                      "lease_deadline", "retry_at"), _seconds),
     "result": _result,
@@ -176,6 +209,43 @@ _PARSE: dict[str, Callable[[str], Any]] = {
     "progress": _links,
     "cancel_requested": _flag,
 }
+
+
+# The fields the Lua scripts compute with, and their rules: prelude.lua's `problem` checks the
+# same (INTEGERS, NUMBERS, COUNTERS there; a test keeps them equal) before a script's first write.
+REQUIRED_INTEGERS = ("attempts", "max_attempts", "priority")
+REQUIRED_NUMBERS = ("score",)
+OPTIONAL_COUNTERS = ("lease",)
+_INT = re.compile(r"-?[0-9]{1,15}")  # at most 15 digits: HINCRBY (64-bit) never fails
+_NUMBER = re.compile(r"-?[0-9]+\.?[0-9]*")
+_COUNTER = re.compile(r"[0-9]{1,15}")
+
+
+def _shown(v: str | None) -> str:
+    return "missing" if v is None else f"'{v[:40]}'"
+
+
+def record_problem(h: dict[str, str]) -> str | None:
+    """Why the job record ``h`` (an ``HGETALL``) cannot be worked with, or None if it can: its
+    state is not a state, or a field the queue computes with is missing or not a number."""
+    st = h.get("state")
+    if st not in STATES:
+        return f"state {_shown(st)} is not a job state"
+    for names, rule, what in ((REQUIRED_INTEGERS, _INT, "an integer"),
+                              (REQUIRED_NUMBERS, _NUMBER, "a number")):
+        for f in names:
+            v = h.get(f)
+            if v is None or not rule.fullmatch(v):
+                return f"{f} {_shown(v)} is not {what}"
+    for f in OPTIONAL_COUNTERS:
+        v = h.get(f)
+        if v is not None and not _COUNTER.fullmatch(v):
+            return f"{f} {_shown(v)} is not a counter"
+    if int(h["max_attempts"]) < 1:
+        return "max_attempts must be >= 1"
+    if int(h["attempts"]) < 0:
+        return "attempts must be >= 0"
+    return None
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,31 @@ lives on one Redis node (for Redis Cluster put a hash tag in the prefix, e.g. `{
 | `P ready` | zset | claimable job ids; score `-priority * 2**40 + seq` (high priority first, FIFO within a priority); `ZRANGE 0 0` is the next job |
 | `P running` | zset | claimed job ids scored by lease deadline (ms); expired ones are reaped |
 | `P delayed` | zset | jobs waiting out a retry backoff, scored by due time (ms); moved to `ready` when due |
-| `P dead` | list | dead-lettered job ids (newest first); `fcn-jobs dead` |
+| `P dead` | list | dead-lettered job ids (newest first); `fcn-jobs dead`; capped at `FCN_DEAD_MAX` (the oldest beyond it are purged) |
+| `P finished` | zset | finished jobs that expire, scored by finish time + the job's `retention` (ms); the sweep purges the due ones |
 | `P children:<id>` | set | staged jobs waiting for job `<id>` |
 | `P idem` | hash | idempotency key -> job id of the active (waiting/queued/running) job; cleared when it finishes |
+| `P chains` | hash | chain key (sha256 of a staged chain's stage specs) -> its job ids, comma-separated; a resubmission while any of them is active returns them |
 | `P hist:<id>` | list | state history of a job, JSON entries `{t, event, from, to, reason, worker, attempt}` (last 200) |
 | `P logs:<id>` | list | log lines the worker pushed while running the job (last 2000) |
 | `P events` | stream | one entry per state change: `job, event, from, to, reason, worker, attempt` (`MAXLEN ~ 10000`) |
 | `P workers` | zset | worker id -> last time it claimed or heartbeated (ms) |
 | `P seq` | string | submission counter (FIFO order) |
+| `P alive` | string | the queue's "last seen alive" clock (ms): when any script last ran |
 
-The fields of a job record (`P job:<id>`) are listed in `fcn_dist.queue.job`. Each transition
-is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in front.
+The fields of a job record (`P job:<id>`) are listed in `fcn_dist.queue.job`, plus `retention`
+(seconds it is kept once finished, -1: forever) and `chain_key` (its staged chain, if any). Each
+transition is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in front.
+
+### Retention
+
+A finished job (succeeded, failed, cancelled) is kept `retention` seconds (`FCN_RETENTION`,
+default `7d`, `never` keeps it; `fcn-submit --retention`, stored per job at submit). Every
+submit first runs a sweep (`purge.lua`, bounded: at most 200 jobs): jobs due in `P finished` are
+purged with their history, logs and index entries (a parent of live jobs is looked at again an
+hour later), the dead-letter list is cut to `FCN_DEAD_MAX` (the oldest go), and events older
+than the submitter's retention are trimmed from the stream (which is also capped at ~10000).
+`fcn-jobs purge` does the same on demand and also deletes the purged jobs' events at once.
 
 ### States and transitions
 
@@ -51,10 +65,22 @@ is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in front.
   `result.best_checkpoint`.
 - `waiting|queued -> cancelled`: `cancel`, or the parent failed or was cancelled (the reason names
   the parent; cancellation cascades down the chain).
-- `queued -> running`: `claim` (one script: pop the best ready job, lease it, bump `attempts`,
-  set `worker`) — a job runs on exactly one worker at a time.
-- `running -> running`: `heartbeat` extends the lease only if the caller still owns the job; it
-  answers `cancel` when a cancel was requested, `lost` when the job is no longer the caller's.
+- `queued -> running`: `claim` (one script: pop the best ready job, lease it, bump `attempts`
+  and the job's `lease` number, set `worker`) — a job runs on exactly one worker at a time. A
+  queued record that cannot be parsed (`fcn_dist.queue.job.record_problem`) is dead-lettered
+  with the reason on the way and the next job is claimed.
+- Fencing: `heartbeat`, `complete`, `fail`, `release`, `ack_cancel` and `set_progress` present
+  the worker id *and* the lease number that claim handed out; a stale one (an earlier attempt,
+  even under the same worker id) is refused (`lost`, `LeaseLost`) and noted as a `fenced`
+  event. A repeat of a call that was recorded (its reply lost) answers as the first did.
+- `running -> running`: `heartbeat` extends the lease only if the caller still holds it (also
+  after its deadline passed, as long as it was not reaped); it answers `cancel` when a cancel
+  was requested, `lost` when the job is no longer the caller's.
+- Outages: lease time only runs while the queue is seen alive (`P alive`): after a silence of
+  more than a second (Redis down, unreachable or refusing writes) the first script moves the
+  deadlines of the leases that were live when it began by its length (`lease_resumed` event),
+  once per lease until its next heartbeat, so an outage neither expires leases nor charges
+  attempts; a lease that missed its heartbeats while Redis was up is reaped as before.
 - `running -> queued`: `release` (SIGTERM; the attempt is given back), a retryable `fail` with
   attempts left (after an exponential backoff `base * 2**(attempts-1)`, capped), or `reap` of an
   expired lease (the attempt counts).
@@ -65,8 +91,12 @@ is one script in `fcn_dist/queue/lua/` run with `prelude.lua` in front.
   expired while a cancel was pending.
 - `failed|cancelled -> queued|waiting`: `retry` resets attempts, takes the id off `P dead`, and
   revives the staged children that were cancelled because of this job.
-- Idempotency: `submit` of the same spec JSON (variant included) and chain position returns the
-  active job's id while it is waiting, queued or running, unless `force`.
+- Idempotency: `submit` of the same spec JSON (variant included) returns the active job's id
+  while it is waiting, queued or running, unless `force`. A staged chain is idempotent as a
+  whole (`P chains`): while any of its jobs is active the same stages return the same jobs.
+  A submission (a chain, or several variants) is one script: all its jobs are created or none.
+- `finished -> (gone)`: `purge` (the sweep, or `fcn-jobs purge`); a job whose parent was
+  purged can no longer be retried (the error says so).
 """
 
 from __future__ import annotations
@@ -75,6 +105,7 @@ import dataclasses
 import functools
 import importlib.resources
 import json
+import logging
 import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
@@ -87,7 +118,8 @@ from redis.retry import Retry
 
 from fcn_dist import config
 from fcn_dist.errors import QueueError
-from fcn_dist.queue.job import DEFAULT_MAX_ATTEMPTS, STATES, Job, Submission, idempotency_key
+from fcn_dist.queue.job import (DEFAULT_MAX_ATTEMPTS, STATES, TERMINAL_STATES, Job, Submission,
+                                idempotency_key)
 from fcn_dist.spec import VARIANTS, variant_order
 
 DEFAULT_PREFIX = "fcn:"
@@ -97,16 +129,55 @@ LOG_LINES_MAX = 2000
 LOG_LINE_CHARS = 2000
 TRACEBACK_CHARS = 4000
 ERROR_CHARS = 1000
+SWEEP_LIMIT = 200  # jobs one sweep (run at every submit) purges at most: bounded work
+PURGE_BATCH = 500  # ids per purge script call (one call blocks Redis for a few ms at most)
 
 T = TypeVar("T")
+log = logging.getLogger("fcn_dist.queue")
 
 
 class RedisUnavailable(QueueError):
     """Redis cannot be reached (refused, timed out, loading); callers may retry with backoff."""
 
 
+class RedisRefused(RedisUnavailable):
+    """Redis answered but refused the command for now (out of memory under ``maxmemory``, a
+    read-only replica after a failover, busy running a script, cannot persist): the worker
+    backs off and retries as in an outage; one-shot clients (``fcn-submit``) report it."""
+
+
 class LeaseLost(QueueError):
-    """The worker no longer owns the job (its lease expired and another worker took it)."""
+    """The worker no longer holds the job's lease (it expired and the job was reaped or
+    claimed again, possibly under the same worker id): the call was refused."""
+
+
+# error replies that mean "not now" rather than "never": by redis-py's class (which drops the
+# reply's code from the message) or by the code
+_REFUSED_TYPES = {redis.exceptions.OutOfMemoryError: "OOM", redis.exceptions.ReadOnlyError: "READONLY",
+                  redis.exceptions.MasterDownError: "MASTERDOWN",
+                  redis.exceptions.TryAgainError: "TRYAGAIN",
+                  redis.exceptions.ClusterDownError: "CLUSTERDOWN"}
+_REFUSED_CODES = ("BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+_REFUSED_HINTS = {
+    "OOM": "the server is out of memory under maxmemory: raise it or free keys",
+    "READONLY": "a read-only replica: point the URL at the primary",
+    "BUSY": "the server is busy running a script",
+    "MISCONF": "the server cannot persist its data: see its log",
+}
+
+
+def _refusal(e: redis.exceptions.ResponseError) -> str | None:
+    """``"<code> <reply> (<hint>)"`` when ``e`` is a transient refusal, else None."""
+    msg = _script_message(str(e))
+    code = next((c for t, c in _REFUSED_TYPES.items() if isinstance(e, t)), None)
+    if code is not None:
+        msg = f"{code} {msg}"
+    else:
+        code = msg.split(" ", 1)[0]
+        if code not in _REFUSED_CODES:
+            return None
+    hint = _REFUSED_HINTS.get(code)
+    return f"{msg} ({hint})" if hint else msg
 
 
 def redact_url(url: str) -> str:
@@ -129,7 +200,7 @@ def redact_url(url: str) -> str:
 # One script per state change; each is run with the shared prelude (the clock, key helpers,
 # history/event recording, the cascades) in front. ARGV[1] is always the key prefix.
 _SCRIPTS = ("submit", "claim", "heartbeat", "complete", "fail", "release", "ack_cancel", "cancel",
-            "retry", "reap", "pending", "progress")
+            "retry", "reap", "pending", "progress", "purge", "logs")
 
 
 @functools.cache
@@ -140,8 +211,9 @@ def _lua_sources() -> dict[str, str]:
     return {name: prelude + (lua / f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS}
 
 
-def _lease_lost(job_id: str, worker_id: str) -> LeaseLost:
-    return LeaseLost(f"job {job_id} is no longer leased to worker {worker_id}")
+def _lease_lost(job_id: str, worker_id: str, lease: int, what: str) -> LeaseLost:
+    return LeaseLost(f"job {job_id}: {what} refused: lease {lease} of worker {worker_id} is stale "
+                     "(the job was reaped or claimed again)")
 
 
 def tls_options(url: str, safe_url: str) -> dict[str, Any]:
@@ -174,6 +246,9 @@ def _wrap_redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 raise QueueError(f"redis at {self.safe_url} refused the credentials: {msg}") from None
             if "LOADING" in msg:
                 raise RedisUnavailable(f"redis unavailable at {self.safe_url}: {msg}") from None
+            refused = _refusal(e)
+            if refused:
+                raise RedisRefused(f"redis at {self.safe_url} refused the command: {refused}") from None
             # errors raised by our scripts: "unknown job X", "job X is running; ..."
             raise QueueError(_script_message(msg)) from None
 
@@ -188,6 +263,18 @@ def _script_message(msg: str) -> str:
     return msg.split(" script: ")[0].split("\n")[0]
 
 
+def _check_count(what: str, n: int | None) -> None:
+    if n is not None and (not isinstance(n, int) or n < 0):
+        raise QueueError(f"{what} must be a whole number >= 0, got {n!r}")
+
+
+def _number(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
 def _one_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0] if s else type(e).__name__
@@ -199,13 +286,15 @@ class JobQueue:
 
     ``url`` falls back to ``$FCN_REDIS_URL`` (``fcn_dist.config.redis_url``); ``prefix`` isolates
     one queue's keys (tests use one per test). Connection problems raise :class:`RedisUnavailable`
-    (a :class:`QueueError`); callers that should survive a Redis restart retry with
+    (a :class:`QueueError`), transient error replies (OOM, READONLY, BUSY) :class:`RedisRefused`
+    (a :class:`RedisUnavailable`); callers that should survive them retry with
     :meth:`call_with_retry`.
     """
 
     def __init__(self, url: str | None = None, prefix: str = DEFAULT_PREFIX, *,
                  socket_timeout: float = 10.0, connect_timeout: float = 3.0,
-                 backoff_base: float = 5.0, backoff_max: float = 300.0):
+                 backoff_base: float = 5.0, backoff_max: float = 300.0,
+                 retention: str | float | None = None, dead_max: int | str | None = None):
         self.url = config.redis_url(url)
         self.safe_url = redact_url(self.url)
         if not prefix:
@@ -213,6 +302,8 @@ class JobQueue:
         self.prefix = prefix
         self.backoff_base = backoff_base  # seconds before the 2nd attempt; doubles each time
         self.backoff_max = backoff_max
+        # resolved when used (a worker never needs them): flag, else FCN_RETENTION / FCN_DEAD_MAX
+        self._retention, self._dead_max = retention, dead_max
         try:
             self.redis = redis.Redis.from_url(
                 self.url, decode_responses=True, socket_timeout=socket_timeout,
@@ -249,16 +340,21 @@ class JobQueue:
     def call_with_retry(self, fn: Callable[[], T], *, attempts: int | None = None,
                         base: float = 0.5, cap: float = 30.0,
                         on_retry: Callable[[float, Exception], None] | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> T:
+                        should_stop: Callable[[], bool] | None = None,
+                        refused: bool = False) -> T:
         """Call ``fn`` until it does not raise :class:`RedisUnavailable`, sleeping an exponential
         backoff (``base`` doubling up to ``cap`` seconds) between tries; ``attempts=None`` means
-        forever (or until ``should_stop()``). ``on_retry(delay, error)`` is told of each wait."""
+        forever (or until ``should_stop()``). ``on_retry(delay, error)`` is told of each wait.
+        A :class:`RedisRefused` is retried only with ``refused=True`` (the worker); else it is
+        raised at once (a submitter reports it in one line)."""
         n = 0
         delay = base
         while True:
             try:
                 return fn()
             except RedisUnavailable as e:
+                if isinstance(e, RedisRefused) and not refused:
+                    raise
                 n += 1
                 if (attempts is not None and n >= attempts) or (should_stop and should_stop()):
                     raise
@@ -272,111 +368,241 @@ class JobQueue:
                 delay = min(cap, delay * 2)
 
     # ------------------------------------------------------------------ submit
+    def retention(self, value: str | float | None = None) -> float | None:
+        """Seconds a finished job is kept (``None``: forever): ``value``, else the queue's
+        ``retention``, else ``$FCN_RETENTION``, else 7 days."""
+        try:
+            return config.retention_seconds(value if value is not None else self._retention)
+        except ValueError as e:
+            raise QueueError(str(e)) from None
+
+    def dead_max(self) -> int:
+        """How many dead-lettered jobs are kept (``dead_max``, else ``$FCN_DEAD_MAX``, else 10,000)."""
+        try:
+            return config.dead_max(self._dead_max)
+        except ValueError as e:
+            raise QueueError(str(e)) from None
+
     @_wrap_redis_errors
     def submit(self, spec, *, priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                depends_on: str | None = None, force: bool = False, chain: str = "",
-               job_id: str | None = None) -> Submission:
+               job_id: str | None = None, retention: str | float | None = None) -> Submission:
         """Enqueue one job for ``spec`` (a validated :class:`~fcn_dist.spec.JobSpec`).
 
         With ``depends_on`` the job waits for that job to succeed and then starts from its best
         checkpoint. Idempotent: while a job with the same spec (and ``chain`` position) is
         waiting, queued or running its id is returned with ``created=False``, unless ``force``.
+        Once finished, the job is kept ``retention`` (see :meth:`retention`).
         """
-        if not (-PRIORITY_LIMIT <= int(priority) <= PRIORITY_LIMIT):
-            raise QueueError(f"priority must be in [-{PRIORITY_LIMIT}, {PRIORITY_LIMIT}], got {priority}")
-        if int(max_attempts) < 1:
-            raise QueueError(f"max_attempts must be >= 1, got {max_attempts}")
-        spec_json = spec.to_json()
-        jid = job_id or uuid.uuid4().hex[:12]
-        idem = idempotency_key(spec_json, chain)
-        out = self._run("submit", jid, idem, "1" if force else "0", int(priority), int(max_attempts),
-                        depends_on or "", spec_json, spec.variant, spec.name, spec.backbone, "")
-        return Submission(id=out[0], created=bool(int(out[1])), state=out[2], variant=spec.variant)
+        stage = self._stage(spec, priority, max_attempts, idempotency_key(spec.to_json(), chain),
+                            job_id)
+        return self._submit([stage], chain_key="", depends_on=depends_on or "", force=force,
+                            retention=retention)[0]
 
+    @_wrap_redis_errors
     def submit_variants(self, spec, variants: Iterable[str], *, staged: bool = False,
                         priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                        force: bool = False) -> list[Submission]:
-        """Submit ``spec`` once per variant. ``staged``: a chain in 32s -> 16s -> 8s order where
-        each job waits for the previous one and starts from its best checkpoint."""
+                        force: bool = False, retention: str | float | None = None
+                        ) -> list[Submission]:
+        """Submit ``spec`` once per variant, all in one atomic script (every job or none).
+
+        ``staged``: a chain in 32s -> 16s -> 8s order where each job waits for the previous one
+        and starts from its best checkpoint. The chain is idempotent as a whole: while any of
+        its jobs is waiting, queued or running, the same stages return the same jobs (with
+        ``created=False``), unless ``force``. Without ``staged`` each job is idempotent alone.
+        """
         variants = list(dict.fromkeys(variants))
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise QueueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
         if staged:
             variants.sort(key=variant_order)
-        subs: list[Submission] = []
-        parent: str | None = None
-        for i, v in enumerate(variants):
-            # only the variant changes, and it is valid: no need to re-validate the whole spec
-            s = dataclasses.replace(spec, variant=v)
-            chain = ""
-            if staged and parent is not None:
-                chain = f"after:{parent}"  # a new parent job means a new chain
-            sub = self.submit(s, priority=priority, max_attempts=max_attempts,
-                              depends_on=parent if staged else None, force=force, chain=chain)
-            subs.append(sub)
-            parent = sub.id
-        return subs
+        # only the variant changes, and it is valid: no need to re-validate the whole spec
+        specs = [dataclasses.replace(spec, variant=v) for v in variants]
+        if not staged:
+            stages = [self._stage(s, priority, max_attempts, idempotency_key(s.to_json()))
+                      for s in specs]
+            return self._submit(stages, chain_key="", depends_on="", force=force,
+                                retention=retention)
+        stages = [self._stage(s, priority, max_attempts, "") for s in specs]
+        chain_key = idempotency_key("\n".join(st[4] for st in stages), f"staged:{len(stages)}")
+        return self._submit(stages, chain_key=chain_key, depends_on="", force=force,
+                            retention=retention)
+
+    @staticmethod
+    def _stage(spec, priority: int, max_attempts: int, idem: str,
+               job_id: str | None = None) -> list[Any]:
+        """The script arguments of one job (see ``submit.lua``)."""
+        if not (-PRIORITY_LIMIT <= int(priority) <= PRIORITY_LIMIT):
+            raise QueueError(f"priority must be in [-{PRIORITY_LIMIT}, {PRIORITY_LIMIT}], got {priority}")
+        if int(max_attempts) < 1:
+            raise QueueError(f"max_attempts must be >= 1, got {max_attempts}")
+        return [job_id or uuid.uuid4().hex[:12], idem, int(priority), int(max_attempts),
+                spec.to_json(), spec.variant, spec.name, spec.backbone]
+
+    def _submit(self, stages: list[list[Any]], *, chain_key: str, depends_on: str, force: bool,
+                retention: str | float | None) -> list[Submission]:
+        keep = self.retention(retention)  # bad settings are refused before anything is written
+        self.dead_max()
+        self._sweep_quietly()
+        args: list[Any] = ["1" if force else "0", chain_key, depends_on,
+                           -1 if keep is None else f"{keep:.3f}", len(stages)]
+        for st in stages:
+            args += st
+        out = self._run("submit", *args)
+        return [Submission(id=out[i], created=bool(int(out[i + 1])), state=out[i + 2],
+                           variant=stages[i // 3][5]) for i in range(0, len(out), 3)]
+
+    # ------------------------------------------------------------------ housekeeping
+    @_wrap_redis_errors
+    def sweep(self, limit: int = SWEEP_LIMIT) -> dict[str, int]:
+        """Purge up to ``limit`` finished jobs whose retention ran out or that fell off the end of
+        the dead-letter list (capped at :meth:`dead_max`), and trim events older than the
+        queue's retention. Run at every submit; returns what it did."""
+        keep = self.retention()
+        out = self._run("purge", "sweep", int(limit), self.dead_max(),
+                        -1 if keep is None else int(keep * 1000))
+        return dict(zip(("purged", "rescheduled", "dead_trimmed", "events_trimmed"),
+                        (int(x) for x in out)))
+
+    def _sweep_quietly(self) -> None:
+        # housekeeping never stands in the way of a submission: its failure is only logged
+        try:
+            self.sweep()
+        except RedisUnavailable:
+            pass  # the submission that follows meets (and reports) the same outage
+        except QueueError as e:
+            log.warning("queue sweep skipped: %s", e)
+
+    @_wrap_redis_errors
+    def purge(self, job_ids: Iterable[str], *, force: bool = False,
+              dry_run: bool = False) -> list[dict[str, str]]:
+        """Remove jobs with their history, logs, events and index entries. Without ``force``
+        active (waiting/queued/running) jobs and parents of active jobs are refused; with it their
+        waiting children are cancelled. Returns ``{id, outcome, detail}`` per id, outcome
+        ``purged``, ``would purge`` (``dry_run``), ``refused`` or ``unknown``."""
+        ids = list(dict.fromkeys(job_ids))
+        out: list[dict[str, str]] = []
+        for i in range(0, len(ids), PURGE_BATCH):
+            flat = self._run("purge", "ids", "1" if force else "0", "1" if dry_run else "0",
+                             *ids[i:i + PURGE_BATCH])
+            out += [{"id": flat[k], "outcome": flat[k + 1], "detail": flat[k + 2]}
+                    for k in range(0, len(flat), 3)]
+        return out
+
+    @_wrap_redis_errors
+    def select(self, *, state: str | None = None, older_than: float | None = None,
+               expired: bool = False) -> list[str]:
+        """Ids of the jobs to purge: in ``state``; finished more than ``older_than`` seconds ago
+        (server clock); past their retention (``expired``). Criteria combine (all must hold);
+        ``older_than`` alone means any finished state."""
+        if state is not None and state not in STATES:
+            raise QueueError(f"unknown state {state!r}; choose from {', '.join(STATES)}")
+        now = self._server_time()
+        if expired:
+            ids = self.redis.zrangebyscore(self.key("finished"), "-inf", now * 1000)
+        else:
+            states = [state] if state else list(TERMINAL_STATES if older_than is not None else STATES)
+            ids = [i for s in states for i in self.redis.smembers(self.key("state", s))]
+        if state is not None and expired:
+            members = self.redis.smembers(self.key("state", state))
+            ids = [i for i in ids if i in members]
+        if older_than is not None:
+            with self.redis.pipeline(transaction=False) as p:
+                for i in ids:
+                    p.hget(self.key("job", i), "finished_at")
+                done = p.execute()
+            ids = [i for i, t in zip(ids, done) if _number(t) is not None
+                   and _number(t) <= now - older_than]
+        order = dict(zip(ids, self._seqs(ids)))
+        return sorted(ids, key=lambda i: (order[i], i))
+
+    def _server_time(self) -> float:
+        sec, usec = self.redis.time()
+        return sec + usec / 1e6
+
+    def _seqs(self, ids: list[str]) -> list[float]:
+        with self.redis.pipeline(transaction=False) as p:
+            for i in ids:
+                p.zscore(self.key("jobs"), i)
+            return [s if s is not None else float("inf") for s in p.execute()]
 
     # ------------------------------------------------------------------ worker side
+    def _log_corrupt(self, pairs: list[str]) -> None:
+        for jid, reason in zip(pairs[::2], pairs[1::2]):
+            log.warning("job %s dead-lettered: %s", jid, reason)
+
     @_wrap_redis_errors
     def claim(self, worker_id: str, lease_seconds: float = 30.0) -> Job | None:
-        """Atomically take the best ready job, lease it to ``worker_id`` and count the attempt.
-        Due delayed retries are promoted first. ``None`` when nothing is ready."""
-        out = self._run("claim", worker_id, int(lease_seconds * 1000))
+        """Atomically take the best ready job, lease it to ``worker_id`` and count the attempt;
+        the job's ``lease`` is the number every later call for it presents. Due delayed retries
+        are promoted first; corrupt records met on the way are dead-lettered (and logged).
+        ``None`` when nothing is ready."""
+        out, corrupt = self._run("claim", worker_id, int(lease_seconds * 1000))
+        self._log_corrupt(corrupt)
         if not out:
             return None
         return Job.from_hash(dict(zip(out[::2], out[1::2])))
 
     @_wrap_redis_errors
-    def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float = 30.0) -> str:
-        """Extend the lease if ``worker_id`` still owns the job: ``"ok"``, ``"cancel"`` (a cancel
-        was requested: stop the run) or ``"lost"`` (the job is no longer this worker's)."""
-        return self._run("heartbeat", job_id, worker_id, int(lease_seconds * 1000))
+    def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float = 30.0, *,
+                  lease: int) -> str:
+        """Extend the lease if ``worker_id`` still holds lease number ``lease`` of the job:
+        ``"ok"``, ``"cancel"`` (a cancel was requested: stop the run), ``"lost"`` (the job is no
+        longer this lease's) or ``"ended"`` (the holder already reported the outcome)."""
+        return self._run("heartbeat", job_id, worker_id, int(lease), int(lease_seconds * 1000))
 
     @_wrap_redis_errors
-    def complete(self, job_id: str, worker_id: str, result: dict[str, Any] | None = None) -> None:
+    def complete(self, job_id: str, worker_id: str, result: dict[str, Any] | None = None, *,
+                 lease: int) -> None:
         """Mark the job succeeded with its JSON result summary; queue its staged children.
-        Raises :class:`LeaseLost` if the worker no longer owns the job."""
+        Raises :class:`LeaseLost` if ``lease`` is not the job's current lease."""
         payload = json.dumps(result if result is not None else {}, default=str, sort_keys=True)
-        if self._run("complete", job_id, worker_id, payload) != "ok":
-            raise _lease_lost(job_id, worker_id)
+        if self._run("complete", job_id, worker_id, int(lease), payload) != "ok":
+            raise _lease_lost(job_id, worker_id, lease, "complete")
 
     @_wrap_redis_errors
     def fail(self, job_id: str, worker_id: str, error: str, traceback: str = "", *,
-             retryable: bool = True) -> str:
+             lease: int, retryable: bool = True) -> str:
         """Record a failed attempt. Returns ``"queued"`` (a retry after the backoff),
-        ``"failed"`` (dead-lettered: no attempts left or not retryable) or ``"cancelled"``.
-        Raises :class:`LeaseLost` if the worker no longer owns the job."""
+        ``"failed"`` (dead-lettered: no attempts left, not retryable, or a corrupt record) or
+        ``"cancelled"``. Raises :class:`LeaseLost` if ``lease`` is not the job's current lease
+        (a zombie's fail on a job that was requeued is not recorded)."""
         err = " ".join(str(error).split())[:ERROR_CHARS] or "failed"
-        out = self._run("fail", job_id, worker_id, err, str(traceback)[-TRACEBACK_CHARS:],
+        out = self._run("fail", job_id, worker_id, int(lease), err, str(traceback)[-TRACEBACK_CHARS:],
                         int(self.backoff_base * 1000), int(self.backoff_max * 1000),
                         "1" if retryable else "0")
         if out == "lost":
-            raise _lease_lost(job_id, worker_id)
+            raise _lease_lost(job_id, worker_id, lease, "fail")
         return out
 
     @_wrap_redis_errors
-    def release(self, job_id: str, worker_id: str, reason: str = "released by worker") -> str:
+    def release(self, job_id: str, worker_id: str, reason: str = "released by worker", *,
+                lease: int) -> str:
         """Put a running job back in the ready queue without counting the attempt (SIGTERM).
-        Returns ``"ok"`` or ``"cancelled"`` (a cancel was pending). Raises :class:`LeaseLost`."""
-        out = self._run("release", job_id, worker_id, reason)
+        Returns ``"ok"``, ``"cancelled"`` (a cancel was pending) or ``"failed"`` (a corrupt
+        record, dead-lettered). Raises :class:`LeaseLost`."""
+        out = self._run("release", job_id, worker_id, int(lease), reason)
         if out == "lost":
-            raise _lease_lost(job_id, worker_id)
+            raise _lease_lost(job_id, worker_id, lease, "release")
         return out
 
     @_wrap_redis_errors
-    def ack_cancel(self, job_id: str, worker_id: str, reason: str = "cancelled") -> None:
+    def ack_cancel(self, job_id: str, worker_id: str, reason: str = "cancelled", *,
+                   lease: int) -> None:
         """The worker stopped a running job because a cancel was requested: mark it cancelled."""
-        if self._run("ack_cancel", job_id, worker_id, reason) != "ok":
-            raise _lease_lost(job_id, worker_id)
+        if self._run("ack_cancel", job_id, worker_id, int(lease), reason) != "ok":
+            raise _lease_lost(job_id, worker_id, lease, "cancel acknowledgement")
 
     @_wrap_redis_errors
     def reap(self, limit: int = 100) -> list[str]:
         """Return jobs whose lease expired to the ready queue (the attempt counts; with no
-        attempts left they are dead-lettered) and promote due delayed retries. Atomic; every
-        worker calls it in its loop. Returns the ids handled."""
-        return list(self._run("reap", int(limit)) or [])
+        attempts left they are dead-lettered) and promote due delayed retries; corrupt records
+        met are dead-lettered (and logged). Atomic; every worker calls it in its loop. Returns
+        the ids whose lease expired."""
+        out, corrupt = self._run("reap", int(limit))
+        self._log_corrupt(corrupt)
+        return list(out)
 
     @_wrap_redis_errors
     def set_run_dir(self, job_id: str, run_dir: str) -> None:
@@ -389,23 +615,21 @@ class JobQueue:
         self.redis.hset(self.key("job", job_id), "dashboard", json.dumps(links, sort_keys=True))
 
     @_wrap_redis_errors
-    def set_progress(self, job_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+    def set_progress(self, job_id: str, worker_id: str, progress: dict[str, Any], *,
+                     lease: int) -> bool:
         """Publish a running job's progress (``fcn-jobs watch``/``show``); False when the job
-        is no longer this worker's."""
+        is no longer this lease's."""
         payload = json.dumps(progress, sort_keys=True, default=str)
-        return self._run("progress", job_id, worker_id, payload) == "ok"
+        return self._run("progress", job_id, worker_id, int(lease), payload) == "ok"
 
     @_wrap_redis_errors
     def append_logs(self, job_id: str, lines: Iterable[str]) -> None:
-        """Push log lines of a job (capped at the last ``LOG_LINES_MAX``)."""
+        """Push log lines of a job (capped at the last ``LOG_LINES_MAX``; dropped once the job
+        was purged)."""
         lines = [str(x)[:LOG_LINE_CHARS] for x in lines]
         if not lines:
             return
-        k = self.key("logs", job_id)
-        with self.redis.pipeline(transaction=True) as p:
-            p.rpush(k, *lines)
-            p.ltrim(k, -LOG_LINES_MAX, -1)
-            p.execute()
+        self._run("logs", job_id, LOG_LINES_MAX, *lines)
 
     # ------------------------------------------------------------------ user side
     @_wrap_redis_errors
@@ -451,7 +675,9 @@ class JobQueue:
 
     @_wrap_redis_errors
     def list(self, state: str | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs in submission order (oldest first), optionally only those in ``state``."""
+        """Jobs in submission order (oldest first), optionally only those in ``state``; with
+        ``limit`` only the newest ``limit`` of them (0: none)."""
+        _check_count("limit", limit)
         if state is not None and state not in STATES:
             raise QueueError(f"unknown state {state!r}; choose from {', '.join(STATES)}")
         ids = self.redis.zrange(self.key("jobs"), 0, -1)
@@ -459,7 +685,7 @@ class JobQueue:
             members = self.redis.smembers(self.key("state", state))
             ids = [i for i in ids if i in members]
         if limit is not None:
-            ids = ids[-limit:]
+            ids = ids[max(0, len(ids) - limit):] if limit else []
         return self._jobs(ids)
 
     def _jobs(self, ids: list[str]) -> list[Job]:
@@ -475,18 +701,32 @@ class JobQueue:
 
     @_wrap_redis_errors
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's state history, oldest first."""
-        return [json.loads(x) for x in self.redis.lrange(self.key("hist", job_id), 0, -1)]
+        """The job's state history, oldest first (an unreadable entry is shown as it is)."""
+        out = []
+        for x in self.redis.lrange(self.key("hist", job_id), 0, -1):
+            try:
+                e = json.loads(x)
+            except ValueError:
+                e = None
+            out.append(e if isinstance(e, dict) else {"event": "unreadable", "from": "", "to": "",
+                                                    "reason": str(x)[:200]})
+        return out
 
     @_wrap_redis_errors
     def logs(self, job_id: str, tail: int | None = None) -> list[str]:
-        """The log lines the worker pushed for the job (the last ``tail`` if given)."""
-        start = -int(tail) if tail else 0
+        """The log lines the worker pushed for the job (the last ``tail`` if given; 0: none)."""
+        _check_count("tail", tail)
+        if tail == 0:
+            return []
+        start = -int(tail) if tail is not None else 0
         return self.redis.lrange(self.key("logs", job_id), start, -1)
 
     @_wrap_redis_errors
     def events(self, count: int = 100, job_id: str | None = None) -> list[dict[str, str]]:
         """The latest ``count`` state-change events, oldest first (``id`` = stream entry id)."""
+        _check_count("count", count)
+        if count == 0:
+            return []
         entries = self.redis.xrevrange(self.key("events"), count=count if job_id is None else None)
         out = [{"id": eid, **fields} for eid, fields in reversed(entries)
                if job_id is None or fields.get("job") == job_id]

@@ -14,7 +14,12 @@ the next worker resumes from the run directory's checkpoints); a requested cance
 ``max_attempts``; an invalid spec, a corrupt shard or unusable weights are not retried).
 
 Redis outages never crash the worker: every queue call is retried with a capped exponential
-backoff, logging ``redis unavailable, retrying in Xs``.
+backoff, logging ``redis unavailable, retrying in Xs`` (or ``redis refused the command`` for an
+error reply such as OOM, READONLY or BUSY). The run goes on while Redis is away, and the
+heartbeat goes on until the outcome is recorded, so the lease is re-asserted as soon as Redis is
+back (the queue's clock does not let an outage expire it). Every call for a job presents the
+lease number the claim handed out; when it is stale (the job was reaped and claimed again, even
+under the same worker id) the call is refused and the outcome discarded, with a log line.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from fcn_dist import fs as fsio
 from fcn_dist import monitoring
 from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError, is_interruption
 from fcn_dist.queue.job import Job
-from fcn_dist.queue.redis_queue import JobQueue, LeaseLost, RedisUnavailable
+from fcn_dist.queue.redis_queue import JobQueue, LeaseLost, RedisRefused, RedisUnavailable
 
 log = logging.getLogger("fcn_dist.worker")
 
@@ -100,7 +105,9 @@ def _result_note(result: dict[str, Any]) -> str:
         return ""
     def f(v: Any) -> str:
         return "-" if v is None else f"{float(v):.4f}"
-    split = result.get("test_split") or "test"
+    from fcn_dist.store import scored_on
+
+    split = result.get("scored_on") or scored_on(result.get("eval_split"), result.get("eval_is_selection"))
     return (f": {split} mIoU {f(result.get('miou'))}, pixel acc {f(result.get('pixel_accuracy'))}, "
             f"mean acc {f(result.get('mean_accuracy'))}, fwIoU {f(result.get('fwiou'))}; "
             f"run dir {result.get('run_dir') or '-'}")
@@ -164,7 +171,7 @@ class _Run:
         self.job = job
         self.cancel = threading.Event()
         self.lost = threading.Event()
-        self.done = threading.Event()
+        self.done = threading.Event()  # the outcome is recorded (or given up): heartbeats stop
         self.logs = _JobLogHandler()
 
 
@@ -176,6 +183,8 @@ class Worker:
     when nothing is ready, no retry is waiting out its backoff and no job is running anywhere
     (a running job may still fail and be retried, lose its lease, or release staged children,
     so the worker keeps polling while any runs). ``max_jobs``: exit after that many jobs.
+    ``report_timeout``: how long after a stop request the worker keeps trying to record an
+    outcome while Redis is away (until then it tries until Redis is back).
     """
 
     def __init__(self, queue: JobQueue, run_fn: RunFn | None = None, worker_id: str | None = None,
@@ -197,10 +206,12 @@ class Worker:
         self.ray_address = ray_address
         self.redis_backoff_cap = redis_backoff_cap
         self.report_timeout = report_timeout or max(60.0, 4 * self.lease_seconds)
+        self._queue_errors = 0  # consecutive queue errors of the main loop (its backoff)
         self.run_fn: RunFn = run_fn or self._default_run_fn
         self.processed = 0
         self.outcomes: list[tuple[str, str]] = []  # (job id, outcome) of this worker's jobs
         self._stop = threading.Event()
+        self._stop_requested_at = 0.0
         self._redis_down = False
         self._current: _Run | None = None
         self._linked: set[str] = set()  # jobs whose dashboard link was printed
@@ -210,6 +221,7 @@ class Worker:
         """Finish (or interrupt) the current job and leave the loop."""
         if not self._stop.is_set():
             log.info("worker %s: %s; stopping", self.id, reason)
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
 
     @property
@@ -223,23 +235,28 @@ class Worker:
         self.request_stop(f"received {signal.Signals(signum).name}")
 
     # ------------------------------------------------------------------ redis with backoff
-    def _call(self, fn: Callable[[], Any], *, deadline: float | None = None,
+    def _call(self, fn: Callable[[], Any], *, grace: float | None = None,
               stop_on_request: bool = False) -> Any:
-        """Run a queue call, retrying with capped exponential backoff while Redis is down."""
+        """Run a queue call, retrying with capped exponential backoff while Redis is down or
+        refuses commands (OOM, READONLY, BUSY). Once the worker is stopping it gives up at once
+        (``stop_on_request``) or ``grace`` seconds after the stop was requested."""
 
         def give_up() -> bool:
-            if stop_on_request and self._stop.is_set():
-                return True
-            return deadline is not None and time.monotonic() > deadline
+            if not self._stop.is_set():
+                return False
+            return stop_on_request or (grace is not None
+                                       and time.monotonic() > self._stop_requested_at + grace)
 
         out = self.queue.call_with_retry(fn, base=0.5, cap=self.redis_backoff_cap,
-                                         on_retry=self._redis_lost, should_stop=give_up)
+                                         on_retry=self._redis_lost, should_stop=give_up,
+                                         refused=True)
         self._redis_back()
         return out
 
     def _redis_lost(self, delay: float, err: Exception) -> None:
         self._redis_down = True
-        log.warning("redis unavailable, retrying in %.1fs (%s)", delay, err)
+        what = "redis refused the command" if isinstance(err, RedisRefused) else "redis unavailable"
+        log.warning("%s, retrying in %.1fs (%s)", what, delay, err)
 
     def _redis_back(self) -> None:
         if self._redis_down:
@@ -265,6 +282,13 @@ class Worker:
                     job = self._call(self._reap_and_claim, stop_on_request=True)
                 except RedisUnavailable:
                     break  # stopping while Redis is down
+                except QueueError as e:  # an error reply we cannot foresee: never die on one
+                    self._queue_errors += 1
+                    delay = min(self.redis_backoff_cap, 0.5 * 2 ** (self._queue_errors - 1))
+                    log.error("queue error, retrying in %.1fs: %s", delay, e)
+                    self._stop.wait(delay)
+                    continue
+                self._queue_errors = 0
                 self._record_depth()
                 if job is None:
                     if self.until_empty and self._drained():
@@ -316,9 +340,9 @@ class Worker:
         run.logs.threads.add(me)
         _JOB_THREADS.add(me)
         spec = job.spec_dict
-        log.info("job %s started: %s %s on %s, backbone %s, attempt %d of %d, worker %s%s", job.id,
-                 job.name, job.variant, spec.get("data", "?"), job.backbone, job.attempts,
-                 job.max_attempts, self.id, self._dashboard_note(job))
+        log.info("job %s started: %s %s on %s, backbone %s, attempt %d of %d (lease %d), worker %s%s",
+                 job.id, job.name, job.variant, spec.get("data", "?"), job.backbone, job.attempts,
+                 job.max_attempts, job.lease, self.id, self._dashboard_note(job))
         monitoring.job_started(job.id, job.variant)
         hb.start()
         if hb.ident is not None:
@@ -332,16 +356,19 @@ class Worker:
         exc: BaseException | None = None
         t0 = time.monotonic()
         try:
+            if job.corrupt:  # the scripts dead-letter such records; never run one
+                raise SpecError(f"job {job.id}: corrupt record: {job.corrupt}")
             result = self.run_fn(job, should_stop)
         except BaseException as e:  # noqa: BLE001 - every outcome is reported to the queue
             exc = e
+        outcome = "lost"
+        try:
+            # the heartbeat goes on until the outcome is recorded: a Redis outage while the
+            # outcome waits must not let the lease run out
+            outcome = self._report(run, result, exc, time.monotonic() - t0)
         finally:
             run.done.set()
             hb.join(timeout=self.heartbeat_seconds + 15)
-        outcome = "lost"
-        try:
-            outcome = self._report(run, result, exc, time.monotonic() - t0)
-        finally:
             monitoring.job_finished(job.id, job.variant, outcome,
                                     result=result if isinstance(result, dict) else None)
             root.removeHandler(run.logs)
@@ -354,42 +381,46 @@ class Worker:
         return outcome
 
     def _report(self, run: _Run, result: Any, exc: BaseException | None, seconds: float) -> str:
-        job, q = run.job, self.queue
-        deadline = time.monotonic() + self.report_timeout
+        job, q, lease = run.job, self.queue, run.job.lease
+        grace = self.report_timeout
         try:
             if run.lost.is_set():
-                log.warning("job %s: lease lost (another worker owns it now); outcome discarded", job.id)
+                log.warning("job %s: lease %d lost (the job was reaped or claimed again); outcome "
+                            "discarded", job.id, lease)
                 return "lost"
             if run.cancel.is_set():
                 reason = "cancelled while running"
-                self._call(lambda: q.ack_cancel(job.id, self.id, reason), deadline=deadline)
+                self._call(lambda: q.ack_cancel(job.id, self.id, reason, lease=lease), grace=grace)
                 log.info("job %s cancelled after %.1fs", job.id, seconds)
                 return "cancelled"
             if exc is None:
                 if not isinstance(result, dict):
                     result = {"value": result}
-                self._call(lambda: q.complete(job.id, self.id, result), deadline=deadline)
+                self._call(lambda: q.complete(job.id, self.id, result, lease=lease), grace=grace)
                 log.info("job %s succeeded in %.1fs%s", job.id, seconds, _result_note(result))
                 return "succeeded"
             if is_interruption(exc) or isinstance(exc, SystemExit) or self._stop.is_set():
-                out = self._call(lambda: q.release(job.id, self.id, f"worker {self.id} stopping"),
-                                 deadline=deadline)
+                out = self._call(lambda: q.release(job.id, self.id, f"worker {self.id} stopping",
+                                                   lease=lease), grace=grace)
+                if out == "failed":
+                    log.error("job %s dead-lettered: its record is corrupt", job.id)
+                    return "failed"
                 log.info("job %s released back to the queue (%s)", job.id,
                          "worker stopping" if self._stop.is_set() else type(exc).__name__)
                 return "cancelled" if out == "cancelled" else "released"
             err = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             tail = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
             retryable = is_retryable(exc)
-            state = self._call(lambda: q.fail(job.id, self.id, err, tail, retryable=retryable),
-                               deadline=deadline)
+            state = self._call(lambda: q.fail(job.id, self.id, err, tail, lease=lease,
+                                              retryable=retryable), grace=grace)
             if state == "queued":
                 log.warning("job %s failed (attempt %d of %d), will be retried: %s", job.id,
                             job.attempts, job.max_attempts, err)
             else:
                 log.error("job %s %s: %s", job.id, state, err)
             return state
-        except LeaseLost:
-            log.warning("job %s: lease lost before the outcome could be recorded; discarded", job.id)
+        except LeaseLost as e:
+            log.warning("%s; outcome discarded", e)
             return "lost"
         except RedisUnavailable as e:
             log.error("job %s: could not record the outcome (%s); its lease will expire and the "
@@ -427,7 +458,7 @@ class Worker:
             if not linked:
                 linked = self._record_links(run)
             try:
-                status = self.queue.heartbeat(job.id, self.id, self.lease_seconds)
+                status = self.queue.heartbeat(job.id, self.id, self.lease_seconds, lease=job.lease)
                 self._redis_back()
             except RedisUnavailable as e:
                 self._redis_lost(self.heartbeat_seconds, e)
@@ -435,11 +466,14 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - keep heartbeating
                 log.warning("heartbeat of job %s failed: %s", job.id, e)
                 continue
+            if status == "ended":  # the outcome is recorded
+                break
             if status == "cancel" and not run.cancel.is_set():
                 log.info("job %s: cancel requested; stopping the run", job.id)
                 run.cancel.set()
             elif status == "lost" and not run.lost.is_set():
-                log.warning("job %s: lease lost; stopping the run", job.id)
+                log.warning("job %s: lease %d lost (the job was reaped or claimed again); stopping "
+                            "the run", job.id, job.lease)
                 run.lost.set()
             self._flush_logs(run)
 
@@ -475,7 +509,7 @@ class Worker:
             published.update({"miou": last.get("miou"), "images_per_second": last.get("images_per_second"),
                               "eta_seconds": eta_seconds(state), "time": state.get("time")})
             try:
-                self.queue.set_progress(job.id, self.id, published)
+                self.queue.set_progress(job.id, self.id, published, lease=job.lease)
             except QueueError as e:  # progress is for watching; never stop the run over it
                 log.debug("progress of job %s: %s", job.id, e)
 

@@ -1,4 +1,8 @@
-"""The compare table: one row per run (test metrics and cost), the best of each column marked.
+"""The compare table: one row per run (final score and cost), the best of each column marked.
+
+Every row says which split its score is on (``scored on``: ``test``, or ``val (used for
+selection)`` when the dataset has no test split and the score is on the split that chose the
+checkpoint, :func:`fcn_dist.store.scored_on`).
 
 :func:`compare` reads only the projected columns of the ``runs`` table; :func:`format_compare`
 renders its rows through :func:`fcn_dist.report.tables.render`.
@@ -12,7 +16,7 @@ import pyarrow as pa
 
 from fcn_dist.report.tables import check_format, render
 from fcn_dist.spec import VARIANTS
-from fcn_dist.store import ResultsStore
+from fcn_dist.store import ResultsStore, scored_on
 
 #: (key, header, higher_is_better) of the compared columns, in display order
 COMPARE_COLUMNS: list[tuple[str, str, bool]] = [
@@ -26,11 +30,12 @@ COMPARE_COLUMNS: list[tuple[str, str, bool]] = [
     ("images_per_second", "img/s", True),
 ]
 ID_COLUMNS = [("variant", "variant"), ("backbone", "backbone"), ("dataset", "dataset"),
-              ("run", "run")]
-_COMPARE_READ = ["run_id", "variant", "backbone", "dataset", "status", "finished_at"] + [
-    k for k, _, _ in COMPARE_COLUMNS]
-_CSV_KEYS = ["run_id", "variant", "backbone", "dataset", "status"] + [
-    k for k, _, _ in COMPARE_COLUMNS] + ["finished_at", "best"]
+              ("run", "run"), ("scored_on", "scored on")]
+_COMPARE_READ = ["run_id", "variant", "backbone", "dataset", "status", "finished_at",
+                 "eval_split", "eval_is_selection", "eval_size"] + [k for k, _, _ in COMPARE_COLUMNS]
+_CSV_KEYS = ["run_id", "variant", "backbone", "dataset", "status", "scored_on", "eval_split",
+             "eval_is_selection", "eval_size"] + [k for k, _, _ in COMPARE_COLUMNS] + [
+    "finished_at", "best"]
 
 
 def short_run_id(run_id: str | None) -> str:
@@ -55,11 +60,11 @@ def _dedupe_latest(tbl: pa.Table) -> pa.Table:
 
 def compare(store: ResultsStore | str, dataset: str | None = None,
             backbone: str | None = None, variant: str | None = None) -> list[dict]:
-    """One row per run: identifiers, test metrics and cost, sorted by dataset, backbone,
-    variant (32s, 16s, 8s) and finish time. Each row's ``best`` lists the columns where it
-    holds the best value among the runs of its dataset (max for metrics and img/s, min for
-    params, GFLOPs and train time). Reads only the projected columns of ``runs``; the work is
-    columnar."""
+    """One row per run: identifiers, the final score (``scored_on``: its split) and cost,
+    sorted by dataset, backbone, variant (32s, 16s, 8s) and finish time. Each row's ``best``
+    lists the columns where it holds the best value among the runs of its dataset scored on
+    the same split (max for metrics and img/s, min for params, GFLOPs and train time). Reads
+    only the projected columns of ``runs``; the work is columnar."""
     import pyarrow.compute as pc
 
     st = store if isinstance(store, ResultsStore) else ResultsStore(store)
@@ -79,11 +84,14 @@ def compare(store: ResultsStore | str, dataset: str | None = None,
                          len(VARIANTS))  # unknown variants last, as spec.variant_order has it
     tbl = (tbl.append_column("__v", order)
            .append_column("__i", pa.array(range(n), pa.int64()))
-           .append_column("__d", pc.fill_null(tbl.column("dataset"), "")))  # joinable key
+           # joinable key: runs compete within one dataset and one scored split
+           .append_column("__d", pc.binary_join_element_wise(
+               pc.fill_null(tbl.column("dataset"), ""), pc.fill_null(tbl.column("eval_split"), ""),
+               "\x00")))
     tbl = tbl.sort_by([("dataset", "ascending"), ("backbone", "ascending"), ("__v", "ascending"),
                        ("variant", "ascending"), ("finished_at", "ascending"),
                        ("run_id", "ascending")])
-    # best per column within each dataset (only where a dataset has two runs or more)
+    # best per column within each dataset and split (only where it has two runs or more)
     aggs = [(k, "max" if higher else "min") for k, _, higher in COMPARE_COLUMNS]
     stats = tbl.group_by("__d", use_threads=False).aggregate(aggs + [("run_id", "count")])
     joined = tbl.select(["__i", "__d"]).join(stats, "__d", use_threads=False).sort_by("__i")
@@ -101,6 +109,7 @@ def compare(store: ResultsStore | str, dataset: str | None = None,
     for j in range(n):
         r = {name: vals[j] for name, vals in cols.items()}
         r["run"] = short_run_id(run_ids[j])
+        r["scored_on"] = scored_on(r["eval_split"], r["eval_is_selection"])
         r["finished_at"] = finished[j]
         r["best"] = [key for key, f in flags if f[j]]
         rows.append(r)
@@ -168,7 +177,8 @@ def format_compare(rows: list[dict], fmt: str = "table") -> str:
                                    else r.get(k) for k in _CSV_KEYS] for r in rows], fmt)
     headers, cells = display_rows(rows)
     numeric = [False] * len(ID_COLUMNS) + [True] * len(COMPARE_COLUMNS)
-    note = ("`*` best in its column (per dataset): highest metric and img/s, lowest params, "
-            "GFLOPs and train time." if fmt == "markdown" else
-            "* best in its column (per dataset)")
+    note = ("`*` best in its column (per dataset and scored split): highest metric and img/s, "
+            "lowest params, GFLOPs and train time. \"val (used for selection)\": no test split, "
+            "scored on the split that chose the checkpoint." if fmt == "markdown" else
+            "* best in its column (per dataset and scored split)")
     return render(headers, cells, fmt, numeric=numeric, note=note)

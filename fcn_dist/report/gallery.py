@@ -1,5 +1,6 @@
-"""The overlay gallery: test images, their ground truth and each run's prediction blended
-over them in the dataset's palette (``gallery.png`` and ``overlays/*.png`` at original size)."""
+"""The overlay gallery: images of the test split (else val, else train), their ground truth
+and each run's prediction blended over them in the dataset's palette (``gallery.png`` and
+``overlays/*.png`` at original size)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def plot_gallery(runs: list[dict], out_dir: Path, n: int, *,
                  predict_fn: Callable[[str], Callable[[Any], Any]] | None = None,
                  dataset_fn: Callable[[Path, str], Any] | None = None,
                  data_dir: str | Path | None = None, split: str | None = None) -> dict:
-    """Overlay gallery for ``n`` test images: image, ground truth, each run's prediction.
+    """Overlay gallery for ``n`` images of ``split`` (default: test, else val, else train):
+    image, ground truth, each run's prediction.
 
     ``predict_fn(checkpoint_path)`` returns a callable image -> label map (default:
     ``fcn_dist.predict.Segmenter.from_checkpoint(path).predict``); ``dataset_fn(dir, split)``

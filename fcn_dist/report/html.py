@@ -14,7 +14,7 @@ from fcn_dist.report.compare import ID_COLUMNS, compare, display_rows
 from fcn_dist.report.gallery import plot_gallery
 from fcn_dist.report.plots import plot_confusion, plot_curves, plot_per_class_iou, run_label
 from fcn_dist.spec import variant_order
-from fcn_dist.store import ResultsStore
+from fcn_dist.store import ResultsStore, scored_on
 
 _NEVER = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)  # sorts a run never finished first
 
@@ -35,8 +35,8 @@ def select_runs(st: ResultsStore, dataset: str | None, backbone: str | None,
     """The runs a report shows: given ids, else the latest run per (variant, backbone) of
     ``dataset`` (default: the dataset of the most recently finished run)."""
     cols = ["run_id", "variant", "backbone", "dataset", "status", "miou", "pixel_accuracy",
-            "mean_accuracy", "fwiou", "per_class_iou", "class_names", "confusion_matrix",
-            "best_checkpoint", "spec", "finished_at"]
+            "mean_accuracy", "fwiou", "eval_split", "eval_is_selection", "per_class_iou",
+            "class_names", "confusion_matrix", "best_checkpoint", "spec", "finished_at"]
     rows = _latest_per_run(st.runs(columns=cols).to_pylist())
     if run_ids:
         wanted = set(run_ids)
@@ -53,6 +53,12 @@ def select_runs(st: ResultsStore, dataset: str | None, backbone: str | None,
         rows = list(latest.values())
     rows.sort(key=lambda r: (r["backbone"] or "", variant_order(r["variant"]), r["variant"] or ""))
     return dataset, rows
+
+
+def _splits_label(runs: list[dict]) -> str:
+    """The scored splits of ``runs`` for a heading, e.g. ``val (used for selection)``."""
+    labels = dict.fromkeys(scored_on(r.get("eval_split"), r.get("eval_is_selection")) for r in runs)
+    return "scored on " + " / ".join(labels)
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -73,8 +79,10 @@ def _html_compare(rows: list[dict]) -> str:
             tds.append(f"<td{cls}>{'<b>' + text + ' ★</b>' if best else text}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            "<p class=note>★ best in its column (per dataset): highest metric and img/s, "
-            "lowest params, GFLOPs and train time.</p>")
+            "<p class=note>★ best in its column (per dataset and scored split): highest metric "
+            "and img/s, lowest params, GFLOPs and train time. “scored on”: the split of the "
+            "final score; “val (used for selection)” means the dataset has no test split and "
+            "the score is on the split that chose the checkpoint, not a held-out one.</p>")
 
 
 _CSS = """
@@ -93,7 +101,7 @@ def plot(store: ResultsStore | str, out_dir: str | Path, *, dataset: str | None 
          predict_fn: Callable[[str], Callable[[Any], Any]] | None = None,
          dataset_fn: Callable[[Path, str], Any] | None = None,
          data_dir: str | Path | None = None) -> dict:
-    """Write ``curves.png``, ``per_class_iou.png``, ``confusion.png`` (best run by test mIoU),
+    """Write ``curves.png``, ``per_class_iou.png``, ``confusion.png`` (best run by final mIoU),
     the overlay gallery (``gallery`` images; see :func:`plot_gallery`) and ``report.html``
     (all images embedded, the compare table) into ``out_dir``.
 
@@ -135,11 +143,13 @@ def plot(store: ResultsStore | str, out_dir: str | Path, *, dataset: str | None 
              f"<h1>FCN-32s / 16s / 8s — {html.escape(str(dataset))}</h1>",
              f"<p class=meta>store {html.escape(str(st.root))} · {len(runs)} runs · generated "
              f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}</p>",
-             "<h2>Test metrics and cost</h2>", _html_compare(rows),
+             f"<h2>Final scores ({html.escape(_splits_label(runs))}) and cost</h2>",
+             _html_compare(rows),
              "<h2>Training curves</h2>", _img_tag(out / "curves.png", "training curves"),
              "<p class=note>solid: train, dashed: validation; mIoU and pixel accuracy per epoch "
              "on the validation split.</p>",
-             "<h2>Per-class IoU (test)</h2>", _img_tag(out / "per_class_iou.png",
+             f"<h2>Per-class IoU ({html.escape(_splits_label(runs))})</h2>",
+             _img_tag(out / "per_class_iou.png",
                                                        "per-class IoU")]
     if best is not None:
         parts += [f"<h2>Confusion matrix of the best run ({html.escape(run_label(best))})</h2>",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from fcn_dist.report.compare import short_run_id
+from fcn_dist.store import scored_on
 
 
 def run_label(r: dict) -> str:
@@ -62,7 +63,7 @@ def plot_curves(epochs: list[dict], runs: list[dict], path: Path) -> Path:
 
 
 def plot_per_class_iou(runs: list[dict], path: Path) -> Path:
-    """Grouped bars: test IoU per class, one bar per run."""
+    """Grouped bars: IoU per class of each run's final score, one bar per run."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -84,9 +85,10 @@ def plot_per_class_iou(runs: list[dict], path: Path) -> Path:
             ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     ax.set_xticks(x, classes, rotation=30 if len(classes) > 6 else 0, ha="right"
                   if len(classes) > 6 else "center")
-    ax.set_ylabel("test IoU")
+    ax.set_ylabel("IoU (final score)")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Per-class IoU (test)")
+    splits = dict.fromkeys(scored_on(r.get("eval_split"), r.get("eval_is_selection")) for r in runs)
+    ax.set_title(f"Per-class IoU, scored on {' / '.join(splits)}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     fig.savefig(path, dpi=110)
@@ -111,8 +113,9 @@ def plot_confusion(run: dict, path: Path) -> Path:
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Normalised confusion matrix (rows sum to 1)\n{run_label(run)}, test mIoU "
-                 f"{run.get('miou') or 0:.4f}", fontsize=10)
+    split = scored_on(run.get("eval_split"), run.get("eval_is_selection"))
+    ax.set_title(f"Normalised confusion matrix (rows sum to 1)\n{run_label(run)}, mIoU "
+                 f"{run.get('miou') or 0:.4f} on {split}", fontsize=10)
     if n <= 20:
         for i in range(n):
             for j in range(n):

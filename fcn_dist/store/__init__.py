@@ -12,6 +12,7 @@ from fcn_dist.store.parquet import (
     StoreWarning,
     library_versions,
     rows_to_table,
+    scored_on,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "StoreWarning",
     "library_versions",
     "rows_to_table",
+    "scored_on",
 ]

@@ -7,8 +7,10 @@ Layout (the root is ``FCN_STORE``, see :func:`fcn_dist.config.store_path`)::
     <root>/<table>/compact-<uuid>.parquet                        written by ResultsStore.compact
     <root>/<table>/.tmp-*                                        in-flight writes (never read)
 
-Schema (``SCHEMA_VERSION = 1``; every file carries ``fcn_dist.schema_version`` in its metadata
-and a ``schema_version`` column):
+Schema (``SCHEMA_VERSION = 2``; every file carries ``fcn_dist.schema_version`` in its metadata
+and a ``schema_version`` column). Version 2 added ``eval_split``, ``eval_is_selection`` and
+``eval_size`` to ``runs``; files of older versions stay readable (their missing columns read as
+null: unknown):
 
 ### `epochs` — one row per epoch (validation metrics at the end of the epoch)
 
@@ -37,7 +39,7 @@ and a ``schema_version`` column):
 | device | string | e.g. `cuda`, `cpu` |
 | timestamp | timestamp[us, UTC] | when the row was written (default: now) |
 
-### `runs` — one row per finished run (test split, best checkpoint)
+### `runs` — one row per finished run (the final score of the best checkpoint)
 
 | column | type | meaning |
 |---|---|---|
@@ -45,13 +47,16 @@ and a ``schema_version`` column):
 | run_id, job_id, variant, backbone, dataset | string | as in `epochs` |
 | name | string | the spec's name |
 | status | string | e.g. `succeeded`, `failed`, `interrupted` |
-| miou, pixel_accuracy, mean_accuracy, fwiou | double | test-split metrics of the best checkpoint |
+| miou, pixel_accuracy, mean_accuracy, fwiou | double | final score of the best checkpoint on `eval_split` |
+| eval_split | string | the split the final score was taken on (`test`; `val` when the dataset has none) |
+| eval_is_selection | bool | `eval_split` is the split that chose the best checkpoint: not a held-out score |
+| eval_size | string | network input at validation and the final score: `native` or `HxW` |
 | per_class_iou | string (JSON object) | `{"class": IoU, ...}`; `json.loads` / DuckDB `per_class_iou->>'cat'` |
 | class_names | list<string> | class names in label order |
-| confusion_matrix | list<list<int64>> | test confusion matrix, rows = true class, cols = predicted |
+| confusion_matrix | list<list<int64>> | confusion matrix of the final score, rows = true class, cols = predicted |
 | num_classes | int32 | number of classes |
 | params | int64 | trainable + frozen parameters of the model |
-| gflops_per_image | double | forward GFLOPs for one image at the eval size |
+| gflops_per_image | double | forward GFLOPs for one image at the eval size (native: the first image's) |
 | epochs | int32 | epochs trained |
 | best_epoch | int32 | epoch of the best checkpoint |
 | best_val_miou | double | val mIoU of the best checkpoint |
@@ -111,7 +116,7 @@ from fcn_dist.fs import Location, Uri, masked
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.eval_split, eval_is_selection, eval_size
 TABLES = ("epochs", "runs")
 COMPACT_PREFIX = "compact-"
 TMP_PREFIX = ".tmp-"
@@ -162,6 +167,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("pixel_accuracy", pa.float64()),
         pa.field("mean_accuracy", pa.float64()),
         pa.field("fwiou", pa.float64()),
+        pa.field("eval_split", pa.string()),
+        pa.field("eval_is_selection", pa.bool_()),
+        pa.field("eval_size", pa.string()),
         pa.field("per_class_iou", pa.string()),
         pa.field("class_names", pa.list_(pa.string())),
         pa.field("confusion_matrix", pa.list_(pa.list_(pa.int64()))),
@@ -190,6 +198,17 @@ SCHEMAS = {"epochs": EPOCH_SCHEMA, "runs": RUN_SCHEMA}
 _JSON_FIELDS = {"per_class_iou", "spec", "versions"}
 _REQUIRED = {"epochs": ("run_id", "epoch"), "runs": ("run_id",)}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def scored_on(eval_split: str | None, eval_is_selection: bool | None) -> str:
+    """THE label of the split a final score was taken on, from a run's ``eval_split`` and
+    ``eval_is_selection``: ``test``, ``val (used for selection)`` when it is the split that
+    chose the checkpoint (not a held-out score), ``unknown`` for rows written before schema 2."""
+    if not eval_split:
+        return "unknown"
+    if eval_is_selection is None:
+        return f"{eval_split} (selection unknown)"
+    return f"{eval_split} (used for selection)" if eval_is_selection else eval_split
 
 
 class StoreWarning(UserWarning):

@@ -38,7 +38,7 @@ from fcn_dist.errors import FcnError
 from fcn_dist.data.transforms import Preprocessing
 from fcn_dist.spec import JobSpec, size2
 from fcn_dist.train import metrics as M
-from fcn_dist.train.evaluate import evaluate
+from fcn_dist.train.evaluate import evaluate, scoring_dataset
 from fcn_dist.train.hooks import LoopHooks
 from fcn_dist.train.progress import StepProgress
 from fcn_dist.train.step import StepState, dist_ready, make_step_state, all_reduce, train_step
@@ -63,6 +63,7 @@ class LoopConfig:
     val_split: str
     steps_per_epoch: int  # optimizer steps per epoch on each rank
     data_loader: str  # "ray" | "torch"
+    eval_size: list[int] | None = None  # network input [h, w] at validation; None = native
     palette: list[list[int]] | None = None
     job_id: str | None = None
     store_dir: str | None = None
@@ -161,10 +162,9 @@ def set_up(cfg: LoopConfig) -> RankState:
                            ignore_index=cfg.ignore_index, class_weights=cfg.class_weights,
                            wrap=ray.train.torch.prepare_model)  # device + DDP (world > 1)
 
-    pre = Preprocessing(size2(spec.eval_size or spec.crop_size))
+    pre, val_ds = validation_data(cfg)
     state = RankState(cfg=cfg, rank=rank, world=world, device=device, step=step,
-                      preprocessing=pre, params=params,
-                      val_ds=ShardDataset(cfg.data_dir, cfg.val_split, transform=pre.transform()))
+                      preprocessing=pre, params=params, val_ds=val_ds)
     if cfg.data_loader == "torch":
         state.train_ds = ShardDataset(cfg.data_dir, "train", transform=train_transform(
             spec.crop_size, cfg.ignore_index, scale_range=tuple(spec.scale_range)))
@@ -179,6 +179,13 @@ def set_up(cfg: LoopConfig) -> RankState:
     if train_state is not None:
         _restore(state, train_state)
     return state
+
+
+def validation_data(cfg: LoopConfig) -> tuple[Preprocessing, Any]:
+    """The run's preprocessing (``cfg.eval_size``, None = native; saved in every checkpoint)
+    and its val split as :func:`~fcn_dist.train.evaluate.evaluate` scores it."""
+    pre = Preprocessing(size2(cfg.eval_size) if cfg.eval_size else None)
+    return pre, scoring_dataset(cfg.data_dir, cfg.val_split, pre)
 
 
 def _build_model(cfg: LoopConfig, *, pretrained: bool, local_rank: int, world: int) -> torch.nn.Module:
@@ -366,8 +373,9 @@ def _ray_batches(shard, *, batch_size: int, skip: int, max_steps: int | None,
 
 # --------------------------------------------------------------------------- validation
 def validate(state: RankState) -> dict[str, Any]:
-    """Metrics of the whole val split (each rank scores its share; the sums are synced). The
-    val loss is weighted by the run's class weights, as the training loss is."""
+    """Metrics of the whole val split (each rank scores its share; the sums are synced), by
+    the same :func:`~fcn_dist.train.evaluate.evaluate` as the final score: at the labels'
+    original size. The val loss is weighted by the run's class weights, as the training loss is."""
     bare = state.step.bare
     # BatchNorm running stats drift apart per rank (each updates them with its own batch):
     # take rank 0's, the ones the checkpoint holds, so validation evaluates that model
@@ -380,7 +388,8 @@ def validate(state: RankState) -> dict[str, Any]:
                     batch_size=spec.eval_batch_size or spec.batch_size,
                     indices=list(range(state.rank, len(state.val_ds), state.world)),
                     device=state.device, amp_dtype=state.step.settings.amp_dtype,
-                    num_workers=state.cfg.loader_workers, class_weight=state.step.class_weight)
+                    num_workers=state.cfg.loader_workers, class_weight=state.step.class_weight,
+                    class_names=state.cfg.classes)
 
 
 def epoch_metrics(state: RankState, epoch: int, part: EpochTrain, val: dict[str, Any],
@@ -428,7 +437,8 @@ def save_and_report(state: RankState, epoch: int, step_in_epoch: int, metrics: d
         "model_name": spec.model_name, "variant": spec.variant, "backbone": spec.backbone,
         "num_classes": cfg.num_classes, "classes": cfg.classes, "palette": cfg.palette,
         "ignore_index": cfg.ignore_index, "preprocessing": state.preprocessing.to_dict(),
-        "eval_size": list(state.preprocessing.size), "upsample": spec.upsample,
+        "eval_size": list(state.preprocessing.size) if state.preprocessing.size else None,
+        "upsample": spec.upsample,
         "skip_scale": spec.skip_scale, "dataset": cfg.dataset, "run_id": cfg.run_id,
         "job_id": cfg.job_id, "spec": spec.to_dict(), "params": state.params,
         "epoch": epoch, "step_in_epoch": step_in_epoch,

@@ -16,8 +16,11 @@
   the run dir, rank 0 sees it within one step, every rank stops at the same step, a checkpoint
   that resumes at that step is saved and :class:`Interrupted` is raised here.
 - After training, the best checkpoint is scored on the test split (the val split when there is
-  none) at the labels' original resolution in a Ray task (GPU when training used GPUs), and the
-  run row goes to the results store. Epoch rows are written by rank 0 during training.
+  none: the run row then says ``eval_is_selection``, and every report labels the score
+  "val (used for selection)") by the same :func:`~fcn_dist.train.evaluate.evaluate` as every
+  epoch's validation, at the labels' original size, in a Ray task (GPU when training used
+  GPUs), and the run row goes to the results store. Epoch rows are written by rank 0 during
+  training.
 """
 
 from __future__ import annotations
@@ -189,10 +192,16 @@ class RunInputs:
 
     data_dir: Location  # a local Path or a fcn_dist.fs.Uri
     manifest: Any  # fcn_dist.data.Manifest
-    val_split: str
-    test_split: str
+    val_split: str  # validated every epoch; chooses the best checkpoint
+    eval_split: str  # the best checkpoint's final score (the val split when there is no test)
+    eval_size: tuple[int, int] | None  # network input at validation and the final score; None = native
     run_path: Location
     init_from: str | None
+
+    @property
+    def eval_is_selection(self) -> bool:
+        """The final score is taken on the split that chose the checkpoint (not held out)."""
+        return self.eval_split == self.val_split
 
     @property
     def run_id(self) -> str:
@@ -207,8 +216,8 @@ def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from:
     manifest = read_manifest(data_dir)
     if "train" not in manifest.splits:
         raise SpecError(f"data: {masked(data_dir)} has no train split (splits: {', '.join(manifest.splits)})")
-    val_split, test_split = spec.eval_splits(manifest.splits, where=masked(data_dir))
-    for split in sorted({"train", val_split, test_split}):
+    val_split, eval_split = spec.eval_splits(manifest.splits, where=masked(data_dir))
+    for split in sorted({"train", val_split, eval_split}):
         # size, row count and sha256 of every shard: a corrupt shard fails here with a DataError
         # naming it, before Ray starts (a worker-side failure would be retried max_failures times)
         verify(manifest, split, sha256=spec.verify_data)
@@ -220,8 +229,25 @@ def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from:
         if not fsio.is_file(ip / "model.pt") and not (ip.name.endswith(".pt") and fsio.is_file(ip)):
             raise SpecError(f"init_from: {masked(init_from)} is not a checkpoint directory (no model.pt)")
         init_from = str(ip)
+    eval_size = spec.eval_input_size(shared_image_size(manifest, {val_split, eval_split}))
     return RunInputs(data_dir=data_dir, manifest=manifest, val_split=val_split,
-                     test_split=test_split, run_path=run_path, init_from=init_from)
+                     eval_split=eval_split, eval_size=eval_size, run_path=run_path,
+                     init_from=init_from)
+
+
+def shared_image_size(manifest: Any, splits: set[str]) -> tuple[int, int] | None:
+    """``(h, w)`` when every image of ``splits`` has that one size, else None (read from the
+    shards' ``height``/``width`` columns only)."""
+    from fcn_dist.data.shards import parquet_file  # local or object storage
+
+    sizes: set[tuple[int, int]] = set()
+    for split in sorted(splits):
+        for path in manifest.shard_paths(split):
+            t = parquet_file(path).read(columns=["height", "width"])
+            sizes |= set(zip(t.column("height").to_pylist(), t.column("width").to_pylist()))
+            if len(sizes) > 1:
+                return None
+    return next(iter(sizes)) if sizes else None
 
 
 def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: bool,
@@ -255,6 +281,7 @@ def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: b
         data_dir=str(inp.data_dir), store_dir=str(spec.store_dir()), dataset=inp.data_dir.name,
         num_classes=manifest.num_classes, classes=list(manifest.classes),
         palette=manifest.palette, ignore_index=manifest.ignore_index, val_split=inp.val_split,
+        eval_size=list(inp.eval_size) if inp.eval_size else None,
         steps_per_epoch=steps, data_loader=data_loader, init_from=inp.init_from,
         class_weights=class_weights,
         # validation decoding processes: only where the worker has CPUs to spare (GPU runs)
@@ -268,7 +295,7 @@ def run_loop_locally(spec: JobSpec, *, run_dir: str | os.PathLike,
     same :func:`~fcn_dist.train.loop.train_loop_per_worker`, run as a plain function in this
     process, with no Ray cluster, actors or Ray Data. For benchmarks (the Ray Train overhead
     is :func:`run`'s step time over this one's) and debugging: epoch rows go to the store,
-    but no checkpoint is kept and no test evaluation runs. Returns the loop's summary."""
+    but no checkpoint is kept and no final score is taken. Returns the loop's summary."""
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -315,7 +342,6 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
     started = _now()
     inp = check_inputs(spec, run_dir=run_dir, init_from=init_from, job_id=job_id)
     data_dir, manifest, run_path, run_id = inp.data_dir, inp.manifest, inp.run_path, inp.run_id
-    test_split = inp.test_split
     store_dir = spec.store_dir()
     store = ResultsStore(store_dir)
     done = _existing_run(store, run_id)
@@ -406,7 +432,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         num_gpus=1 if use_gpu else 0,
         runtime_env={"env_vars": env} if env else None,
     )
-    ev = ray.get(task.remote(best_path, str(data_dir), test_split,
+    ev = ray.get(task.remote(best_path, str(data_dir), inp.eval_split,
                              batch_size=spec.eval_batch_size or spec.batch_size, amp=spec.amp))
     finished = _now()
     row = {
@@ -414,7 +440,9 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         "dataset": data_dir.name, "name": spec.name, "status": "succeeded",
         "miou": ev["miou"], "pixel_accuracy": ev["pixel_accuracy"],
         "mean_accuracy": ev["mean_accuracy"], "fwiou": ev["fwiou"],
-        "per_class_iou": ev["per_class_iou"], "class_names": list(manifest.classes),
+        "eval_split": inp.eval_split, "eval_is_selection": inp.eval_is_selection,
+        "eval_size": ev["eval_size"], "per_class_iou": ev["per_class_iou"],
+        "class_names": list(manifest.classes),
         "confusion_matrix": ev["confusion_matrix"], "num_classes": manifest.num_classes,
         "params": ev["params"], "gflops_per_image": ev["gflops_per_image"],
         "epochs": int(rv.get("epoch", spec.epochs)), "best_epoch": int(best_metrics.get("epoch", 0)),
@@ -429,7 +457,8 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         "started_at": started, "finished_at": finished,
     }
     store.write_run(row)
-    return _summary_from_row(row, test_split=test_split, step_seconds=rv.get("step_seconds"))
+    return _summary_from_row(row, step_seconds=rv.get("step_seconds"),
+                             data_seconds=rv.get("data_seconds"))
 
 
 def _checkpoint_location(path: str, run_path: Location) -> str:
@@ -460,10 +489,15 @@ def _best_checkpoint(result, run_path: Location) -> tuple[str | None, dict[str, 
 
 
 def _summary_from_row(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The result summary of a run row; ``scored_on`` labels its final score's split."""
+    from fcn_dist.store import scored_on
+
     keys = ("run_id", "job_id", "variant", "backbone", "dataset", "status", "miou", "pixel_accuracy",
-            "mean_accuracy", "fwiou", "best_checkpoint", "run_dir", "train_seconds", "best_epoch",
-            "best_val_miou", "images_per_second", "epochs", "params", "gflops_per_image")
+            "mean_accuracy", "fwiou", "eval_split", "eval_is_selection", "eval_size",
+            "best_checkpoint", "run_dir", "train_seconds", "best_epoch", "best_val_miou",
+            "images_per_second", "epochs", "params", "gflops_per_image")
     out = {k: row.get(k) for k in keys}
+    out["scored_on"] = scored_on(row.get("eval_split"), row.get("eval_is_selection"))
     pci = row.get("per_class_iou")
     out["per_class_iou"] = json.loads(pci) if isinstance(pci, str) else pci
     out.update(extra)

@@ -1,18 +1,24 @@
--- ARGV: P, id, worker, error, traceback, backoff_base_ms, backoff_max_ms, retryable
---   -> 'queued' (retry scheduled) | 'failed' | 'lost'
-local id, worker, err = ARGV[2], ARGV[3], ARGV[4]
-local st = hget(id, 'state')
-if hget(id, 'worker') ~= worker then return 'lost' end
-if st ~= 'running' then
-  if st == 'failed' or st == 'queued' then return st end  -- a repeated call after a lost reply
-  return 'lost'
+-- ARGV: P, id, worker, lease, error, traceback, backoff_base_ms, backoff_max_ms, retryable
+--   -> 'queued' (retry scheduled) | 'failed' | 'cancelled' | 'lost'
+local id, worker, lease, err = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not holds(id, worker, lease) then return fenced(id, 'fail', worker, lease) end
+local ended = hget(id, 'lease_ended')
+if ended == 'failed' then return hget(id, 'state') end  -- a repeated call after a lost reply
+if hget(id, 'state') ~= 'running' or (ended and ended ~= '') then
+  return fenced(id, 'fail', worker, lease)
+end
+local bad = problem(id)
+if bad then
+  dead_letter_corrupt(id, bad .. ' (the attempt failed: ' .. err .. ')', worker)
+  redis.call('HSET', jkey(id), 'traceback', ARGV[6], 'lease_ended', 'failed')
+  return 'failed'
 end
 redis.call('ZREM', P .. 'running', id)
-redis.call('HSET', jkey(id), 'error', err, 'traceback', ARGV[5])
+redis.call('HSET', jkey(id), 'error', err, 'traceback', ARGV[6], 'lease_ended', 'failed')
 local attempts = tonumber(hget(id, 'attempts'))
 local maxa = tonumber(hget(id, 'max_attempts'))
-if ARGV[8] == '1' and attempts < maxa and hget(id, 'cancel_requested') ~= '1' then
-  local delay = math.min(tonumber(ARGV[6]) * (2 ^ (attempts - 1)), tonumber(ARGV[7]))
+if ARGV[9] == '1' and attempts < maxa and hget(id, 'cancel_requested') ~= '1' then
+  local delay = math.min(tonumber(ARGV[7]) * (2 ^ (attempts - 1)), tonumber(ARGV[8]))
   local due = NOW + math.floor(delay)
   redis.call('ZADD', P .. 'delayed', due, id)
   redis.call('HSET', jkey(id), 'retry_at', string.format('%.3f', due / 1000))
@@ -25,6 +31,6 @@ if hget(id, 'cancel_requested') == '1' then
   return 'cancelled'
 end
 local why = 'attempt ' .. attempts .. ' of ' .. maxa .. ' failed: ' .. err
-if ARGV[8] ~= '1' then why = 'failed (not retryable): ' .. err end
+if ARGV[9] ~= '1' then why = 'failed (not retryable): ' .. err end
 finish(id, 'failed', why, worker)
 return 'failed'

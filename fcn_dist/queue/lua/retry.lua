@@ -19,6 +19,10 @@ end
 local id = ARGV[2]
 local st = hget(id, 'state')
 if not st then return redis.error_reply('unknown job ' .. id) end
+local bad = problem(id)  -- checked before anything is written
+if bad then
+  return redis.error_reply('job ' .. id .. ' has a corrupt record (' .. bad .. '); fix the field and retry')
+end
 if st ~= 'failed' and st ~= 'cancelled' then
   return redis.error_reply('job ' .. id .. ' is ' .. st .. '; only failed or cancelled jobs can be retried')
 end
@@ -26,7 +30,10 @@ local dep = hget(id, 'depends_on')
 local new_state = 'queued'
 if dep and dep ~= '' then
   local pst = hget(dep, 'state')
-  if pst == 'failed' or pst == 'cancelled' then
+  if not pst then
+    return redis.error_reply('job ' .. id .. ' cannot be retried: its parent job ' .. dep
+      .. ' was purged; submit the chain again')
+  elseif pst == 'failed' or pst == 'cancelled' then
     return redis.error_reply('job ' .. id .. ' waits for parent job ' .. dep .. ', which is ' .. pst
       .. '; retry the parent (its staged children follow it)')
   elseif pst == 'succeeded' then
@@ -41,7 +48,8 @@ local stack = {id}
 while #stack > 0 do
   local pid = table.remove(stack)
   for _, cid in ipairs(redis.call('SMEMBERS', P .. 'children:' .. pid)) do
-    if hget(cid, 'state') == 'cancelled' and hget(cid, 'cancelled_by_parent') == '1' then
+    if hget(cid, 'state') == 'cancelled' and hget(cid, 'cancelled_by_parent') == '1'
+      and not problem(cid) then
       revive(cid, 'waiting', 'parent job ' .. pid .. ' retried')
       table.insert(stack, cid)
     end
