@@ -33,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the AWS_* settings are this module's only
 def s3(tmp_path_factory):
     """A moto S3 server on a free port with one bucket; the AWS_* settings point at it (dummy
     credentials, also as a credentials file that the Ray workers find through the forwarded

@@ -96,8 +96,9 @@ def load(
     # settings travel with it; credentials come from the task's host), never a local copy
     filesystem, base = fsio.resolve(m.root)
     files = [f"{base}/{p.name}" for p in shards]
+    runtime_env = _runtime_env() if isinstance(m.root, fsio.Uri) else None
     ds = ray.data.read_parquet(files, filesystem=filesystem,
-                               runtime_env=_runtime_env()).select_columns(["id", "image", "label"])
+                               runtime_env=runtime_env).select_columns(["id", "image", "label"])
     if mode == "train":
         ds = ds.randomize_block_order(seed=seed)
     fn = functools.partial(
