@@ -581,3 +581,36 @@ def test_transient_s3_errors_during_a_checkpoint_upload_are_retried(s3, tmp_path
     finally:
         proxy.close()
         fsio.forget_filesystems()
+
+
+def test_fcn_predict_takes_a_checkpoint_uri(s3, tmp_path):
+    """fcn-predict with s3://.../epoch_0001: the same label maps as from the local copy."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fcn_dist.checkpoint import save_checkpoint
+    from fcn_dist.cli.predict import main as predict_cli
+    from fcn_dist.models import create_model
+
+    torch.manual_seed(0)
+    meta = {"model_name": "fcn8s_resnet18", "num_classes": 3, "classes": ["bg", "shape", "border"],
+            "palette": [[0, 0, 0], [220, 20, 60], [255, 255, 255]], "ignore_index": 255,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "eval_size": [48, 48],
+            "upsample": "learned", "skip_scale": False, "epoch": 1, "metrics": {}, "spec": {}}
+    local = save_checkpoint(tmp_path / "epoch_0001", create_model("fcn8s_resnet18", 3).state_dict(), meta)
+    uri = fsio.Uri(f"s3://{BUCKET}/pred-{uuid.uuid4().hex[:6]}/epoch_0001")
+    for f in local.iterdir():
+        fsio.write_bytes(uri / f.name, f.read_bytes())
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(img)
+    runner = CliRunner()
+    for ckpt, out in ((str(uri), tmp_path / "from-s3"), (str(local), tmp_path / "local")):
+        r = runner.invoke(predict_cli, [ckpt, str(img), "--out", str(out), "--device", "cpu",
+                                        "--precision", "off"])
+        assert r.exit_code == 0, r.output
+    a, b = (np.array(Image.open(d / "a.png")) for d in (tmp_path / "from-s3", tmp_path / "local"))
+    assert a.shape == (30, 41) and np.array_equal(a, b)
+    r = runner.invoke(predict_cli, [str(uri.parent / "nothing"), str(img), "--out", str(tmp_path / "x")])
+    err = _one_line(r)
+    assert "nothing" in err and "not a checkpoint directory" in err, err
