@@ -10,10 +10,13 @@ Layout of one checkpoint directory (what each epoch's ``ray.train.report`` persi
 
 Nothing here is pickled code: both ``.pt`` files hold only tensors and plain containers, so
 they load with ``weights_only=True`` (numpy RNG state is stored as a tensor for that reason).
+The readers take a local directory or a URI (``s3://bucket/runs/<run>/epoch_0012``, see
+:mod:`fcn_dist.fs`); a remote file is read into memory and loaded the same way.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -22,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fcn_dist import fs as fsio
 from fcn_dist.errors import TrainingError
+from fcn_dist.fs import Uri, masked
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -81,42 +86,52 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], meta
     return p
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def _torch_load(f: Path | Uri, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of a local file or of an object's bytes."""
+    source = f if isinstance(f, Path) else io.BytesIO(fsio.read_bytes(f))
+    return torch.load(source, map_location=map_location, weights_only=True)
+
+
+def read_meta(path: str | Path | Uri) -> dict[str, Any]:
     """``meta.json`` of a checkpoint directory; :class:`TrainingError` if it is not one."""
-    p = Path(path).expanduser()
+    p = fsio.location(path)
     mp = p / META_FILE
-    if not mp.is_file():
-        raise TrainingError(f"{p}: not a checkpoint directory (no {META_FILE})")
+    if not fsio.is_file(mp):
+        raise TrainingError(f"{masked(p)}: not a checkpoint directory (no {META_FILE})")
     try:
-        meta = json.loads(mp.read_text())
+        meta = json.loads(fsio.read_text(mp))
     except ValueError as e:
-        raise TrainingError(f"{mp}: unreadable ({e})") from None
+        raise TrainingError(f"{masked(mp)}: unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise TrainingError(f"{mp}: not an fcn_dist checkpoint")
+        raise TrainingError(f"{masked(mp)}: not an fcn_dist checkpoint")
     return meta
 
 
-def load_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path | Uri, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """The model state dict of a checkpoint directory (or a ``model.pt`` file), loaded safely."""
-    p = Path(path).expanduser()
-    f = p / MODEL_FILE if p.is_dir() else p
-    if not f.is_file():
-        raise TrainingError(f"{p}: no {MODEL_FILE}")
+    p = fsio.location(path)
+    f = p / MODEL_FILE if fsio.is_dir(p) else p
+    if not fsio.is_file(f):
+        raise TrainingError(f"{masked(p)}: no {MODEL_FILE}")
     try:
-        return torch.load(f, map_location=map_location, weights_only=True)
+        return _torch_load(f, map_location)
+    except fsio.StorageError:
+        raise
     except Exception as e:  # noqa: BLE001 - anything unreadable is a bad checkpoint
-        raise TrainingError(f"{f}: cannot load model weights safely ({type(e).__name__}: {e})") from None
+        raise TrainingError(f"{masked(f)}: cannot load model weights safely ({type(e).__name__}: {e})") from None
 
 
-def load_train_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Any] | None:
+def load_train_state(path: str | Path | Uri, map_location: Any = "cpu") -> dict[str, Any] | None:
     """``train_state.pt`` of a checkpoint directory, or None if it has none."""
-    f = Path(path) / STATE_FILE
-    if not f.is_file():
+    f = fsio.location(path) / STATE_FILE
+    if not fsio.is_file(f):
         return None
     try:
-        return torch.load(f, map_location=map_location, weights_only=True)
+        return _torch_load(f, map_location)
+    except fsio.StorageError:
+        raise
     except Exception as e:  # noqa: BLE001
-        raise TrainingError(f"{f}: cannot load training state safely ({type(e).__name__}: {e})") from None
+        raise TrainingError(f"{masked(f)}: cannot load training state safely ({type(e).__name__}: {e})") from None
 
 
 def build_model(meta: dict[str, Any]) -> torch.nn.Module:
@@ -132,7 +147,7 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path | Uri, map_location: Any = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory with its weights; returns ``(model, meta)``.
 
     The model is in eval mode. Only ``weights_only=True`` loading is used.
@@ -143,7 +158,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[torch.
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise TrainingError(f"{path}: weights do not fit {meta['model_name']}: "
+        raise TrainingError(f"{masked(path)}: weights do not fit {meta['model_name']}: "
                             f"{str(e).splitlines()[0]}") from None
     model.eval()
     return model, meta

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import yaml
 
 from fcn_dist.errors import SpecError
+from fcn_dist.fs import Location, Uri, is_uri, masked
 
 # The vocabulary every layer shares (one place each): FCN variants in stage order, upsampling
 # modes, and the backbone names the model registry builds (fcn_dist.models checks that its
@@ -188,25 +189,21 @@ class JobSpec:
             return size2(self.eval_size)
         return None if shared_size is not None else size2(self.crop_size)
 
-    def data_dir(self, root: str | Path | None = None) -> Path:
-        """The prepared dataset directory: ``data`` under the prepared-data root (FCN_DATA); an
-        absolute path must lie inside it."""
+    def data_dir(self, root: str | Path | None = None) -> "Location":
+        """The prepared dataset directory: ``data`` under the prepared-data root (FCN_DATA, a
+        path or a URI); an absolute path or a URI must lie inside it."""
         from fcn_dist import config
 
         return confined("data", self.data, config.data_path(root), "FCN_DATA")
 
-    def store_dir(self, root: str | Path | None = None) -> Path:
+    def store_dir(self, root: str | Path | None = None) -> "Location":
         """The results store root for this job (confined under FCN_STORE)."""
         from fcn_dist import config
 
         base = config.store_path(root)
         if self.store is None:
             return base
-        p = Path(self.store).expanduser()
-        p = (p if p.is_absolute() else base / p).resolve()
-        if p != base and base not in p.parents:
-            raise SpecError(f"store: {self.store!r} is outside the results root {base}")
-        return p
+        return confined("store", self.store, base, "FCN_STORE", resolve_links=True)
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, source: str = "spec") -> None:
@@ -233,7 +230,8 @@ class JobSpec:
             raise bad("backbone", f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         if not self.data or "\x00" in self.data:
             raise bad("data", "must be a non-empty path")
-        if os.path.normpath(self.data).split(os.sep)[0] == "..":  # absolute ones: see data_dir
+        if not is_uri(self.data) and os.path.normpath(self.data).split(os.sep)[0] == "..":
+            # absolute paths and URIs: see data_dir
             raise bad("data", f"{self.data!r} leaves the prepared-data root (FCN_DATA)")
         for fld, lo in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_failures", 0),
                         ("checkpoints_to_keep", 1)):
@@ -364,12 +362,29 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     return value
 
 
-def confined(fld: str, value: str | Path, root: Path, env: str) -> Path:
+def confined(fld: str, value: str | Path | Uri, root: Location, env: str, *,
+             resolve_links: bool = False) -> Location:
     """``value`` resolved under ``root``; a path that leaves it (``..``, absolute elsewhere) is a
-    SpecError naming the field. Normalised lexically, not through symlinks: a link the operator
-    placed inside the root (e.g. to a dataset on another disk) is theirs to make."""
+    SpecError naming the field. Normalised lexically, not through symlinks (unless
+    ``resolve_links``): a link the operator placed inside the root (e.g. to a dataset on
+    another disk) is theirs to make. With a URI root (``s3://bucket/prefix``) ``value`` is a
+    relative key or a URI with the root's scheme, bucket and options at or below its prefix;
+    a URI under a local root, or a local path under a URI root, is outside."""
+    if isinstance(root, Uri) or is_uri(value):
+        p: Location | None = None
+        if isinstance(root, Uri):
+            if is_uri(value):
+                p = Uri(str(value))
+            elif not Path(str(value)).is_absolute() and not str(value).startswith("~"):
+                p = root / str(value)
+        if p is None or not isinstance(root, Uri) or not p.is_relative_to(root):
+            raise SpecError(f"{fld}: {masked(value)!r} is outside {masked(root)} (the {env} root); "
+                            f"give a path inside it or set {env}")
+        return p
     root = Path(os.path.normpath(root))
     p = Path(os.path.normpath(root / Path(value).expanduser()))
+    if resolve_links:
+        root, p = root.resolve(), p.resolve()
     if p != root and root not in p.parents:
         raise SpecError(f"{fld}: {str(value)!r} is outside {root} (the {env} root); give a path "
                         f"inside it or set {env}")

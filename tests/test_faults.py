@@ -643,7 +643,8 @@ def test_no_pickle_and_every_torch_load_is_weights_only(queue):
             if any(k.arg == "shell" and isinstance(k.value, ast.Constant) and k.value.value
                    for k in node.keywords):
                 bad.append(f"{rel}:{node.lineno}: shell=True")
-    assert loads >= 3  # checkpoint model.pt, train_state.pt, local backbone weights
+    assert loads >= 2  # checkpoint files (one reader for model.pt and train_state.pt, local or
+    #                     object storage: fcn_dist.checkpoint._torch_load), local backbone weights
     assert not bad, bad
     jid = queue.submit(JobSpec(name="audit")).id
     rec = queue.redis.hgetall(queue.key("job", jid))

@@ -9,6 +9,7 @@ import click
 
 from fcn_dist import config
 from fcn_dist.cli.support import Group
+from fcn_dist.fs import masked
 
 
 def _parse_size(_ctx: Any, _param: Any, value: str | None) -> tuple[int, int] | None:
@@ -53,8 +54,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("source", type=click.Choice(["pets", "camvid", "folder", "synthetic"]))
-@click.option("--out", "out", type=click.Path(), default=None,
-              help="Output dataset dir (default: $FCN_DATA/SOURCE).")
+@click.option("--out", "out", default=None, metavar="DIR|URI",
+              help="Output dataset dir or URI, e.g. s3://bucket/data/NAME (default: $FCN_DATA/SOURCE).")
 @click.option("--root", type=click.Path(), default=None, help="Source data root.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per shard.")
 @click.option("--max-size", type=click.IntRange(min=16), default=None, help="Cap the longer image side (pixels).")
@@ -92,7 +93,7 @@ def prepare(source: str, out: str | None, root: str | None, as_json: bool, **kw:
 
 
 @main.command()
-@click.argument("path", type=click.Path())
+@click.argument("path", metavar="DIR|URI")
 @click.option("--sha256", is_flag=True, help="Also recompute every shard's sha256.")
 def verify(path: str, sha256: bool) -> None:
     """Check a prepared dataset's shards against its manifest."""
@@ -104,7 +105,7 @@ def verify(path: str, sha256: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path())
+@click.argument("path", metavar="DIR|URI")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(path: str, as_json: bool) -> None:
     """Show a prepared dataset's manifest: classes, splits, shards, source and options."""
@@ -114,7 +115,7 @@ def info(path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    click.echo(f"{m.root}  (source {m.source}, format v{m.format_version}, created {m.created})")
+    click.echo(f"{masked(m.root)}  (source {m.source}, format v{m.format_version}, created {m.created})")
     click.echo(f"classes ({m.num_classes}): {', '.join(m.classes)}; ignore index {m.ignore_index}")
     for split, n in m.splits.items():
         shards = m.shards.get(split, [])

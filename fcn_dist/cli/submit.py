@@ -120,13 +120,16 @@ def _unapplied_settings(q, subs, **asked: int) -> list[str]:
 def _check_local_data(spec) -> None:
     """Where the prepared data is visible from this host, its val and test splits must exist
     and hold rows (the workers check again: they may see another copy)."""
+    from fcn_dist import fs as fsio
+    from fcn_dist.errors import FcnError
+
     manifest = spec.data_dir() / "manifest.json"
     try:
-        splits = json.loads(manifest.read_text()).get("splits")
-    except (OSError, ValueError):
+        splits = json.loads(fsio.read_text(manifest)).get("splits")
+    except (OSError, ValueError, AttributeError, FcnError):  # not visible here: the worker checks
         return
     if isinstance(splits, dict):
-        spec.eval_splits(splits, where=str(manifest.parent))
+        spec.eval_splits(splits, where=fsio.masked(manifest.parent))
 
 
 if __name__ == "__main__":

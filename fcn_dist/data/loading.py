@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from fcn_dist import fs as fsio
 from fcn_dist.data.shards import decode_image_array, decode_label, read_manifest, verify
 from fcn_dist.errors import DataError
+from fcn_dist.fs import masked
 from fcn_dist.spec import size2
 
 _CALLS = itertools.count()  # per-process batch counter: fresh augmentation every epoch
@@ -67,7 +69,7 @@ def transform_batch(
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | fsio.Uri,
     split: str,
     *,
     mode: str = "train",
@@ -87,10 +89,16 @@ def load(
         raise DataError(f"mode must be 'train' or 'eval', got {mode!r}")
     m = read_manifest(path)
     verify(m, split, sha256=sha256)
-    files = [str(p) for p in m.shard_paths(split)]
-    if not files:
-        raise DataError(f"{m.root}: split {split!r} has no rows")
-    ds = ray.data.read_parquet(files).select_columns(["id", "image", "label"])
+    shards = m.shard_paths(split)
+    if not shards:
+        raise DataError(f"{masked(m.root)}: split {split!r} has no rows")
+    # object storage: every read task opens the shards through the same filesystem (its
+    # settings travel with it; credentials come from the task's host), never a local copy
+    filesystem, base = fsio.resolve(m.root)
+    files = [f"{base}/{p.name}" for p in shards]
+    runtime_env = _runtime_env() if isinstance(m.root, fsio.Uri) else None
+    ds = ray.data.read_parquet(files, filesystem=filesystem,
+                               runtime_env=runtime_env).select_columns(["id", "image", "label"])
     if mode == "train":
         ds = ds.randomize_block_order(seed=seed)
     fn = functools.partial(
@@ -99,3 +107,12 @@ def load(
         ignore_index=m.ignore_index, seed=seed, scale_range=(float(scale_range[0]), float(scale_range[1])),
     )
     return ds.map_batches(fn, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus)
+
+
+def _runtime_env() -> dict[str, Any] | None:
+    """The read tasks' runtime env: the object-store settings of this process (endpoint,
+    region, profile and credentials-file locations, never credentials; see
+    :data:`fcn_dist.fs.FORWARDED_ENV`), so read tasks on any node find the same store even
+    where Ray was started without them. None when none is set (local data)."""
+    env = {k: os.environ[k] for k in fsio.FORWARDED_ENV if os.environ.get(k)}
+    return {"env_vars": env} if env else None

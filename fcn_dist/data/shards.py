@@ -15,6 +15,11 @@ Writing is atomic: everything goes into a hidden temp directory next to the targ
 target at the end. A crash leaves either the old dataset or the new one, never a half-written
 directory that looks complete (a leftover temp dir has no manifest and a dotted name).
 
+On object storage (``--out s3://bucket/prefix``) there is no directory to rename: an existing
+dataset's manifest is deleted first, the shards are uploaded under the target prefix, and the
+manifest is uploaded last, so the dataset is complete exactly when its manifest is there.
+Reading goes through the same pyarrow filesystem (:func:`fcn_dist.fs.resolve`).
+
 Opening a dataset checks the shards cheaply (byte size and Parquet row count against the
 manifest); ``verify(dir, sha256=True)`` also recomputes the sha256. Any mismatch raises
 :class:`~fcn_dist.errors.DataError` naming the shard.
@@ -22,6 +27,7 @@ manifest); ``verify(dir, sha256=True)`` also recomputes the sha256. Any mismatch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -38,7 +44,9 @@ import pyarrow.parquet as pq
 import torch.utils.data
 from PIL import Image
 
+from fcn_dist import fs as fsio
 from fcn_dist.errors import DataError
+from fcn_dist.fs import Location, Uri, masked
 
 FORMAT = "fcn_dist.shards"
 FORMAT_VERSION = 1
@@ -101,7 +109,7 @@ def decode_image_array(data: bytes) -> np.ndarray:
 class Manifest:
     """The parsed ``manifest.json`` of a prepared dataset."""
 
-    root: Path
+    root: Location  # a local Path or a fcn_dist.fs.Uri
     classes: list[str]
     palette: list[list[int]] | None
     ignore_index: int
@@ -118,14 +126,14 @@ class Manifest:
         """Number of real classes (the ignore index is not one of them)."""
         return len(self.classes)
 
-    def shard_paths(self, split: str) -> list[Path]:
-        """Absolute paths of ``split``'s shard files, in order."""
+    def shard_paths(self, split: str) -> list[Location]:
+        """Absolute paths (or URIs) of ``split``'s shard files, in order."""
         self._check_split(split)
         return [self.root / s["file"] for s in self.shards[split]]
 
     def _check_split(self, split: str) -> None:
         if split not in self.shards:
-            raise DataError(f"{self.root}: no split {split!r} (has {', '.join(sorted(self.shards)) or 'none'})")
+            raise DataError(f"{masked(self.root)}: no split {split!r} (has {', '.join(sorted(self.shards)) or 'none'})")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to ``manifest.json`` (no ``root``)."""
@@ -145,26 +153,35 @@ class Manifest:
         }
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read ``DIR/manifest.json``; DataError if it is missing, malformed or of another format."""
-    root = Path(path).expanduser()
+def read_manifest(path: str | os.PathLike | Uri) -> Manifest:
+    """Read ``DIR/manifest.json`` (DIR a local path or a URI); DataError if it is missing,
+    malformed or of another format."""
+    root = fsio.location(path)
     mpath = root / MANIFEST
-    if not root.is_dir():
+    if isinstance(root, Path) and not root.is_dir():
         raise DataError(f"{root}: no such dataset directory (prepare one with `fcn-data prepare`)")
-    if not mpath.is_file():
-        raise DataError(f"{mpath}: missing; {root} is not a prepared dataset (or its preparation did not finish)")
     try:
-        d = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{mpath}: unreadable manifest ({e})") from None
+        text = fsio.read_text(mpath)
+    except FileNotFoundError:
+        if not fsio.is_dir(root):
+            raise DataError(f"{masked(root)}: no such dataset directory (prepare one with "
+                            "`fcn-data prepare`)") from None
+        raise DataError(f"{masked(mpath)}: missing; {masked(root)} is not a prepared dataset (or "
+                        "its preparation did not finish)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{masked(mpath)}: unreadable manifest ({e})") from None
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{masked(mpath)}: unreadable manifest ({e})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise DataError(f"{mpath}: not an fcn_dist shard manifest")
+        raise DataError(f"{masked(mpath)}: not an fcn_dist shard manifest")
     version = d.get("format_version")
     if version != FORMAT_VERSION:
-        raise DataError(f"{mpath}: format_version {version!r} unsupported (this code reads {FORMAT_VERSION})")
+        raise DataError(f"{masked(mpath)}: format_version {version!r} unsupported (this code reads {FORMAT_VERSION})")
     try:
         return Manifest(
-            root=root.resolve(),
+            root=root,
             classes=list(d["classes"]),
             palette=d.get("palette"),
             ignore_index=int(d["ignore_index"]),
@@ -177,19 +194,28 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             created=d.get("created"),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{mpath}: malformed manifest ({e!r})") from None
+        raise DataError(f"{masked(mpath)}: malformed manifest ({e!r})") from None
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Location) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fsio.open_input(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
+def parquet_file(path: Location) -> pq.ParquetFile:
+    """A ``ParquetFile`` over a local shard or one on object storage."""
+    if isinstance(path, Path):
+        return pq.ParquetFile(path)
+    filesystem, p = fsio.resolve(path)
+    with fsio.storage_errors(path):
+        return pq.ParquetFile(p, filesystem=filesystem)
+
+
 def verify(
-    path: str | os.PathLike | Manifest, split: str | None = None, *, sha256: bool = False
+    path: str | os.PathLike | Uri | Manifest, split: str | None = None, *, sha256: bool = False
 ) -> dict[str, Any]:
     """Check a dataset's shards against its manifest: existence, byte size and Parquet row
     count always; sha256 when asked. ``split=None`` checks every split.
@@ -199,29 +225,33 @@ def verify(
     m = path if isinstance(path, Manifest) else read_manifest(path)
     splits = [split] if split is not None else sorted(m.shards)
     n_shards = n_rows = n_bytes = 0
+    sizes = dict(fsio.listdir(m.root))  # one listing, not a request per shard
     for sp in splits:
         m._check_split(sp)
         total = 0
         for s in m.shards[sp]:
             p = m.root / s["file"]
-            if not p.is_file():
-                raise DataError(f"shard {p}: missing (listed in {m.root / MANIFEST})")
-            size = p.stat().st_size
+            shown = masked(p)
+            if s["file"] not in sizes:
+                raise DataError(f"shard {shown}: missing (listed in {masked(m.root / MANIFEST)})")
+            size = sizes[s["file"]]
             if size != int(s["bytes"]):
-                raise DataError(f"shard {p}: {size} bytes, manifest says {s['bytes']} (truncated or modified)")
+                raise DataError(f"shard {shown}: {size} bytes, manifest says {s['bytes']} (truncated or modified)")
             try:
-                rows = pq.ParquetFile(p).metadata.num_rows
+                rows = parquet_file(p).metadata.num_rows
+            except fsio.StorageError:
+                raise
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
-                raise DataError(f"shard {p}: not a readable Parquet file ({e})") from None
+                raise DataError(f"shard {shown}: not a readable Parquet file ({e})") from None
             if rows != int(s["rows"]):
-                raise DataError(f"shard {p}: {rows} rows, manifest says {s['rows']}")
+                raise DataError(f"shard {shown}: {rows} rows, manifest says {s['rows']}")
             if sha256 and _sha256(p) != s["sha256"]:
-                raise DataError(f"shard {p}: sha256 mismatch (file corrupted or modified)")
+                raise DataError(f"shard {shown}: sha256 mismatch (file corrupted or modified)")
             total += rows
             n_shards += 1
             n_bytes += size
         if total != m.splits.get(sp, -1):
-            raise DataError(f"{m.root}: split {sp!r} has {total} rows in its shards, manifest says {m.splits.get(sp)}")
+            raise DataError(f"{masked(m.root)}: split {sp!r} has {total} rows in its shards, manifest says {m.splits.get(sp)}")
         n_rows += total
     return {"shards": n_shards, "rows": n_rows, "bytes": n_bytes, "sha256": sha256}
 
@@ -230,24 +260,33 @@ def verify(
 class ShardWriter:
     """Writes rows per split into Parquet shards in a temp dir; ``commit`` writes the manifest
     and renames the temp dir onto the target. Use as a context manager: an exception removes
-    the temp dir and leaves the target untouched."""
+    the temp dir and leaves the target untouched. On object storage the shards go straight
+    under the target prefix and the manifest is uploaded last (see the module doc)."""
 
-    def __init__(self, out: str | os.PathLike, *, shard_size: int = 256, overwrite: bool = False):
+    def __init__(self, out: str | os.PathLike | Uri, *, shard_size: int = 256, overwrite: bool = False):
         if shard_size < 1:
             raise DataError(f"shard size must be >= 1, got {shard_size}")
-        self.out = Path(out).expanduser().resolve()
-        if self.out.exists() and not overwrite:
-            if any(self.out.iterdir()) if self.out.is_dir() else True:
-                raise DataError(f"{self.out}: already exists; pass --overwrite to replace it")
+        self.out = fsio.location(out)
         self.overwrite = overwrite
         self.shard_size = shard_size
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
         self._buffers: dict[str, list[dict[str, Any]]] = {}
         self.shards: dict[str, list[dict[str, Any]]] = {}
         self.counts: dict[str, int] = {}
         self._done = False
+        if isinstance(self.out, Uri):
+            if fsio.listdir(self.out) and not overwrite:
+                raise DataError(f"{masked(self.out)}: already exists; pass --overwrite to replace it")
+            # the old dataset stops being complete before any of its shards is replaced
+            fsio.delete(self.out / MANIFEST)
+            self.tmp: Location = self.out
+            self._written: list[str] = []
+            return
+        if self.out.exists() and not overwrite:
+            if any(self.out.iterdir()) if self.out.is_dir() else True:
+                raise DataError(f"{self.out}: already exists; pass --overwrite to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -272,8 +311,18 @@ class ShardWriter:
         name = f"{split}-{len(entries):05d}.parquet"
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         path = self.tmp / name
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="none")
-        entries.append({"file": name, "rows": len(rows), "bytes": path.stat().st_size, "sha256": _sha256(path)})
+        if isinstance(path, Uri):
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="none")
+            data = buf.getvalue().to_pybytes()
+            fsio.write_bytes(path, data)
+            self._written.append(name)
+            entries.append({"file": name, "rows": len(rows), "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        else:
+            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, compression="none")
+            entries.append({"file": name, "rows": len(rows), "bytes": path.stat().st_size,
+                            "sha256": _sha256(path)})
         self._buffers[split] = []
 
     def commit(self, manifest: Manifest) -> Manifest:
@@ -284,7 +333,17 @@ class ShardWriter:
         self.shards = {s: self.shards.get(s, []) for s in order}  # declared splits, even if empty
         manifest.shards = self.shards
         manifest.splits = {s: self.counts.get(s, 0) for s in self.shards}
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+        if isinstance(self.out, Uri):
+            keep = set(self._written) | {MANIFEST}
+            for name, _ in fsio.listdir(self.out):  # shards of a replaced, larger dataset
+                if name not in keep:
+                    fsio.delete(self.out / name)
+            fsio.write_text(self.out / MANIFEST, text)
+            self._done = True
+            manifest.root = self.out
+            return manifest
+        (self.tmp / MANIFEST).write_text(text)
         old = None
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -297,8 +356,14 @@ class ShardWriter:
         return manifest
 
     def abort(self) -> None:
-        """Remove the temp dir; the target is left as it was."""
+        """Remove the temp dir (on object storage: the shards written so far); the target is
+        left as it was (on object storage: without a manifest, so not a dataset)."""
         self._done = True
+        if isinstance(self.tmp, Uri):
+            for name in self._written:
+                with contextlib.suppress(fsio.StorageError):
+                    fsio.delete(self.tmp / name)
+            return
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -315,7 +380,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Uri,
         split: str,
         transform: Callable[[Any, Any], Any] | None = None,
         *,
@@ -333,7 +398,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._index: list[tuple[int, int, int]] = []  # (shard, row group, row in group)
         ids: list[str] = []
         for si, p in enumerate(self._paths):
-            pf = pq.ParquetFile(p)
+            pf = parquet_file(p)
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 self._index.extend((si, g, r) for r in range(n))
@@ -362,7 +427,7 @@ class ShardDataset(torch.utils.data.Dataset):
         if self._cache is None or self._cache[0] != (si, g):
             pf = self._files.get(si)
             if pf is None:
-                pf = self._files[si] = pq.ParquetFile(self._paths[si])
+                pf = self._files[si] = parquet_file(self._paths[si])
             self._cache = ((si, g), pf.read_row_group(g))
         t = self._cache[1]
         return {c: t.column(c)[r].as_py() for c in ("id", "image", "label", "height", "width")}

@@ -81,6 +81,7 @@ from PIL import Image
 from fcn_dist.data import synthetic as _synthetic
 from fcn_dist.data.shards import FORMAT_VERSION, Manifest, ShardWriter, encode_label, encode_png
 from fcn_dist.errors import DataError
+from fcn_dist.fs import Uri, masked
 
 SOURCES = ("pets", "camvid", "folder", "synthetic")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -267,6 +268,8 @@ def plan_pets(root: str | os.PathLike | None, *, seed: int = 0, val_fraction: fl
     from fcn_dist import config
     from torchvision.datasets import OxfordIIITPet
 
+    if not root and isinstance(config.data_path(), Uri):
+        raise DataError("pets: FCN_DATA is a URI; give --root, a local directory for torchvision's archives")
     root = Path(root).expanduser() if root else config.data_path() / "downloads"
     root = _pets_root(root)
     base = root / "oxford-iiit-pet"
@@ -560,7 +563,7 @@ def prepare(
         manifest = writer.commit(manifest)
     shards = [s for v in manifest.shards.values() for s in v]
     return {
-        "out": str(manifest.root),
+        "out": masked(manifest.root),  # a URI's credentials never reach the output
         "source": source,
         "splits": dict(manifest.splits),
         **summary,

@@ -109,7 +109,8 @@ import logging
 import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+import os
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -215,6 +216,20 @@ def _lease_lost(job_id: str, worker_id: str, lease: int, what: str) -> LeaseLost
                      "(the job was reaped or claimed again)")
 
 
+def tls_options(url: str, safe_url: str) -> dict[str, Any]:
+    """Extra client options of a ``rediss://`` URL: the CA file that verifies the server
+    (the URL's ``ssl_ca_certs=``, else ``FCN_REDIS_CA``; neither: the system's CAs). A CA file
+    that is not there is a QueueError naming it, before any connection is tried."""
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    in_url = parse_qs(urlsplit(url).query).get("ssl_ca_certs", [None])[0]
+    ca = in_url or config.redis_ca()
+    if ca and not os.path.isfile(os.path.expanduser(ca)):
+        where = "ssl_ca_certs" if in_url else "FCN_REDIS_CA"
+        raise QueueError(f"redis at {safe_url}: CA file {ca} ({where}) not found")
+    return {"ssl_ca_certs": os.path.expanduser(ca)} if ca and not in_url else {}
+
+
 def _wrap_redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def inner(self: "JobQueue", *a: Any, **kw: Any) -> T:
@@ -294,6 +309,7 @@ class JobQueue:
                 self.url, decode_responses=True, socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout, health_check_interval=15,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+                **tls_options(self.url, self.safe_url),
             )
         except ValueError as e:
             raise QueueError(f"invalid redis url {self.safe_url}: {e}") from None

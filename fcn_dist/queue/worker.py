@@ -36,6 +36,7 @@ import traceback as tb
 import uuid
 from typing import Any, Callable
 
+from fcn_dist import fs as fsio
 from fcn_dist import monitoring
 from fcn_dist.errors import DataError, QueueError, SpecError, WeightsError, is_interruption
 from fcn_dist.queue.job import Job
@@ -488,7 +489,7 @@ class Worker:
 
     # ------------------------------------------------------------------ default job function
     def _default_run_fn(self, job: Job, should_stop: Callable[[], bool]) -> dict[str, Any]:
-        run_dir, _ = job_paths(job)
+        run_dir = fsio.public(job_paths(job)[0])  # a record never holds a URI's credentials
         if job.run_dir != run_dir:  # shown by fcn-jobs show; never read back as a path
             self._call(lambda: self.queue.set_run_dir(job.id, run_dir), stop_on_request=True)
         return train_run_fn(job, should_stop, ray_address=self.ray_address,

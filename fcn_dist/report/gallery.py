@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fcn_dist import config
+from fcn_dist import fs as fsio
 from fcn_dist.spec import JobSpec
 
 def _colorize(label, palette, ignore_index):
@@ -42,7 +43,7 @@ def _default_palette(n: int) -> list[list[int]]:
     return [[int(255 * v) for v in cmap(i % 20)[:3]] for i in range(n)]
 
 
-def _data_dir_of(run: dict) -> Path | None:
+def _data_dir_of(run: dict) -> "fsio.Location | None":
     """The prepared data a run trained on, from its stored spec (None if unknown)."""
     spec = run.get("spec")
     if not spec:
@@ -98,9 +99,9 @@ def plot_gallery(runs: list[dict], out_dir: Path, n: int, *,
             result["skipped"] = f"fcn_dist.data.ShardDataset is not available ({exc})"
             return result
         dataset_fn = ShardDataset
-    ddir = Path(data_dir) if data_dir else _data_dir_of(runs[0])
-    if ddir is None or not Path(ddir).exists():
-        result["skipped"] = f"data directory not found ({ddir}); pass data_dir / --data"
+    ddir = fsio.location(data_dir) if data_dir else _data_dir_of(runs[0])
+    if ddir is None or not fsio.exists(ddir):
+        result["skipped"] = f"data directory not found ({fsio.masked(ddir)}); pass data_dir / --data"
         return result
     try:
         ds = None

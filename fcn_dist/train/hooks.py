@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Iterator
+
+from fcn_dist import fs as fsio
+from fcn_dist.errors import FcnError
+from fcn_dist.fs import Location
 
 
 class LoopHooks:
     """The default hooks; override what you need (call ``super().on_start``)."""
 
-    def on_start(self, rank: int, run_dir: Path) -> None:
+    def on_start(self, rank: int, run_dir: Location) -> None:
         """A worker process started the loop as ``rank``: ``<run dir>/.worker-<rank>.pid`` says
         which process is which rank (for operators and the fault-injection tests)."""
-        with contextlib.suppress(OSError):
-            (run_dir / f".worker-{rank}.pid").write_text(f"{os.getpid()}\n")
+        with contextlib.suppress(OSError, FcnError):
+            fsio.write_text(run_dir / f".worker-{rank}.pid", f"{os.getpid()}\n")
 
     def wrap_batches(self, batches: Iterator) -> Iterator:
         """The training batches of one epoch, as the loop will consume them."""

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import torch
 
 from fcn_dist import checkpoint as ckpt_io
+from fcn_dist import fs as fsio
+from fcn_dist.errors import FcnError
 from fcn_dist.data.transforms import Preprocessing
 from fcn_dist.spec import JobSpec, size2
 from fcn_dist.train import metrics as M
@@ -131,7 +133,7 @@ def set_up(cfg: LoopConfig) -> RankState:
     device = ray.train.torch.get_device()
     if isinstance(device, list):  # several GPUs per worker: use the first
         device = device[0]
-    cfg.hooks.on_start(rank, Path(cfg.run_dir))
+    cfg.hooks.on_start(rank, fsio.location(cfg.run_dir))
     if device.type == "cpu":
         # Intra-op threads = this node's cores shared by its local workers: more threads than
         # cores makes oneDNN's OpenMP barriers spin against each other. FCN_TRAIN_THREADS overrides.
@@ -274,7 +276,7 @@ def train_one_epoch(state: RankState, epoch: int) -> EpochTrain:
         if state.rank == 0:
             train_cm.confmat += prog["train_cm"].to(device, train_cm.confmat.dtype)
             images = int(prog["images"])
-    stop_file = Path(cfg.run_dir) / STOP_FILE
+    stop_requested = StopFile(cfg.run_dir) if state.rank == 0 else (lambda: False)
     step, stopped = skip, False
     if state.shown is not None:
         state.shown.start_epoch(epoch, step)
@@ -286,7 +288,7 @@ def train_one_epoch(state: RankState, epoch: int) -> EpochTrain:
     for x, y in hooks.wrap_batches(_batches(state, epoch, skip)):
         t_step += hooks.take_waited()  # time a pacing hook held us is not ours
         data_times.append(time.perf_counter() - t_step)
-        out = train_step(state.step, x, y, stop=state.rank == 0 and stop_file.exists())
+        out = train_step(state.step, x, y, stop=stop_requested())
         if not out.finite:
             lr = state.step.scheduler.get_last_lr()[0]
             return EpochTrain(step, images, t0, 0.0, loss_stats, train_cm.confmat, math.nan, math.nan,
@@ -308,6 +310,28 @@ def train_one_epoch(state: RankState, epoch: int) -> EpochTrain:
     img_t = all_reduce(torch.tensor([images], dtype=torch.float64, device=device))
     return EpochTrain(step, int(img_t.item()), t0, seconds, loss_stats, train_cm.compute(),
                       _steady_median(step_times), _steady_median(data_times), stopped=stopped)
+
+
+class StopFile:
+    """Whether the driver asked the run to stop: the STOP file in the run dir. Checked every
+    step locally; on object storage at most once a second (a request per step would cost more
+    than a small step), and a failed check is a "no", never the end of the run."""
+
+    def __init__(self, run_dir: str):
+        self.loc = fsio.location(run_dir) / STOP_FILE
+        self.every = 0.0 if isinstance(self.loc, Path) else 1.0
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self.every:
+            now = time.monotonic()
+            if now < self._next:
+                return False
+            self._next = now + self.every
+        try:
+            return fsio.exists(self.loc)
+        except FcnError:
+            return False
 
 
 def _torch_batches(dataset, *, epoch: int, seed: int, rank: int, world: int, batch_size: int,

@@ -15,25 +15,25 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
+
+from fcn_dist import fs as fsio
+from fcn_dist.errors import FcnError
 
 PROGRESS_FILE = "progress.json"
 
 
 def write_progress(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Replace ``progress.json`` atomically (a reader never sees half a file)."""
-    d = Path(run_dir)
-    tmp = d / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, default=_plain))
-    os.replace(tmp, d / PROGRESS_FILE)
+    """Replace ``progress.json`` atomically (a reader never sees half a file; on object
+    storage it is one upload)."""
+    fsio.write_text(fsio.location(run_dir) / PROGRESS_FILE, json.dumps(state, default=_plain))
 
 
 def read_progress(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The last progress state of a run dir, or None (none yet, or unreadable)."""
     try:
-        return json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
+        return json.loads(fsio.read_text(fsio.location(run_dir) / PROGRESS_FILE))
+    except (OSError, ValueError, FcnError):
         return None
 
 

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fcn_dist import fs as fsio
 from fcn_dist.data import median_frequency_weights, read_manifest, verify
 from fcn_dist.errors import FcnError, Interrupted, SpecError, TrainingError
+from fcn_dist.fs import Location, Uri, masked
 from fcn_dist.spec import JobSpec
 from fcn_dist.train.evaluate import evaluate_checkpoint
 from fcn_dist.train.hooks import LoopHooks
@@ -97,8 +99,11 @@ def _init_ray_keeping_signal_handlers(ray_address: str | None) -> None:
     main = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     quiet_ray()
+    # every process of the job (the Train controller, Ray Data tasks, workers) finds the object
+    # store this process uses: its endpoint/region/profile settings, never credentials
+    env = {k: os.environ[k] for k in fsio.FORWARDED_ENV if os.environ.get(k)}
     ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, configure_logging=False,
-             log_to_driver=verbose())
+             log_to_driver=verbose(), runtime_env={"env_vars": env} if env else None)
     for sig, handler in saved.items():
         if callable(handler) or handler in (signal.SIG_IGN, signal.SIG_DFL):
             signal.signal(sig, handler)
@@ -141,7 +146,7 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def default_run_dir(spec: JobSpec, job_id: str | None) -> Path:
+def default_run_dir(spec: JobSpec, job_id: str | None) -> Location:
     """``<runs>/<job_id>-<variant>`` for queue jobs (stable: a retried job resumes), else
     ``<runs>/<name>-<variant>-<UTC time>`` (a fresh run each time)."""
     from fcn_dist import config
@@ -185,12 +190,12 @@ def _failure_message(err: BaseException) -> tuple[type[FcnError], str]:
 class RunInputs:
     """What :func:`run` checked before starting anything (see :func:`check_inputs`)."""
 
-    data_dir: Path
+    data_dir: Location  # a local Path or a fcn_dist.fs.Uri
     manifest: Any  # fcn_dist.data.Manifest
     val_split: str  # validated every epoch; chooses the best checkpoint
     eval_split: str  # the best checkpoint's final score (the val split when there is no test)
     eval_size: tuple[int, int] | None  # network input at validation and the final score; None = native
-    run_path: Path
+    run_path: Location
     init_from: str | None
 
     @property
@@ -210,20 +215,20 @@ def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from:
     data_dir = spec.data_dir()
     manifest = read_manifest(data_dir)
     if "train" not in manifest.splits:
-        raise SpecError(f"data: {data_dir} has no train split (splits: {', '.join(manifest.splits)})")
-    val_split, eval_split = spec.eval_splits(manifest.splits, where=str(data_dir))
+        raise SpecError(f"data: {masked(data_dir)} has no train split (splits: {', '.join(manifest.splits)})")
+    val_split, eval_split = spec.eval_splits(manifest.splits, where=masked(data_dir))
     for split in sorted({"train", val_split, eval_split}):
         # size, row count and sha256 of every shard: a corrupt shard fails here with a DataError
         # naming it, before Ray starts (a worker-side failure would be retried max_failures times)
         verify(manifest, split, sha256=spec.verify_data)
 
-    run_path = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(spec, job_id)
+    run_path = fsio.location(run_dir) if run_dir else default_run_dir(spec, job_id)
     init_from = init_from or spec.init_from
     if init_from:
-        ip = Path(init_from).expanduser()
-        if not (ip / "model.pt").is_file() and not (ip.is_file() and ip.suffix == ".pt"):
-            raise SpecError(f"init_from: {init_from} is not a checkpoint directory (no model.pt)")
-        init_from = str(ip.resolve())
+        ip = fsio.location(init_from)  # a local directory or a URI (s3://.../epoch_0012)
+        if not fsio.is_file(ip / "model.pt") and not (ip.name.endswith(".pt") and fsio.is_file(ip)):
+            raise SpecError(f"init_from: {masked(init_from)} is not a checkpoint directory (no model.pt)")
+        init_from = str(ip)
     eval_size = spec.eval_input_size(shared_image_size(manifest, {val_split, eval_split}))
     return RunInputs(data_dir=data_dir, manifest=manifest, val_split=val_split,
                      eval_split=eval_split, eval_size=eval_size, run_path=run_path,
@@ -233,12 +238,12 @@ def check_inputs(spec: JobSpec, *, run_dir: str | os.PathLike | None, init_from:
 def shared_image_size(manifest: Any, splits: set[str]) -> tuple[int, int] | None:
     """``(h, w)`` when every image of ``splits`` has that one size, else None (read from the
     shards' ``height``/``width`` columns only)."""
-    import pyarrow.parquet as pq
+    from fcn_dist.data.shards import parquet_file  # local or object storage
 
     sizes: set[tuple[int, int]] = set()
     for split in sorted(splits):
         for path in manifest.shard_paths(split):
-            t = pq.read_table(path, columns=["height", "width"])
+            t = parquet_file(path).read(columns=["height", "width"])
             sizes |= set(zip(t.column("height").to_pylist(), t.column("width").to_pylist()))
             if len(sizes) > 1:
                 return None
@@ -262,15 +267,15 @@ def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: b
     if data_loader == "auto":
         data_loader = "torch" if spec.deterministic else "ray"
 
-    run_path.mkdir(parents=True, exist_ok=True)
+    fsio.makedirs(run_path)
     class_weights = None
     if spec.class_weights == "median_frequency":
         cw_file = run_path / "class_weights.json"
-        if cw_file.is_file():
-            class_weights = json.loads(cw_file.read_text())
+        if fsio.is_file(cw_file):
+            class_weights = json.loads(fsio.read_text(cw_file))
         else:
             class_weights = median_frequency_weights(inp.data_dir)
-            cw_file.write_text(json.dumps(class_weights))
+            fsio.write_text(cw_file, json.dumps(class_weights))
     return LoopConfig(
         spec=spec, run_id=inp.run_id, job_id=job_id, run_dir=str(run_path),
         data_dir=str(inp.data_dir), store_dir=str(spec.store_dir()), dataset=inp.data_dir.name,
@@ -351,7 +356,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
     world = spec.num_workers
     cfg = loop_config(spec, inp, job_id=job_id, use_gpu=use_gpu, resources=resources, hooks=hooks)
     stop_file = run_path / STOP_FILE
-    stop_file.unlink(missing_ok=True)
+    fsio.delete(stop_file)
     datasets = None
     if cfg.data_loader == "ray":
         from fcn_dist.data import load
@@ -366,9 +371,12 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
     # Training is the job's main work, so it runs at normal priority, as Ray's Job API runs a
     # job's driver (FCN_WORKER_NICENESS overrides, e.g. 10 on a shared workstation).
     env["RAY_worker_niceness"] = os.environ.get("FCN_WORKER_NICENESS", "0")
-    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS"):
+    # the roots, and where to find the object store (endpoint, region, profile; never
+    # credentials: each host has its own, see fcn_dist.fs.FORWARDED_ENV)
+    for var in ("FCN_STORE", "FCN_DATA", "FCN_RUNS", *fsio.FORWARDED_ENV):
         if os.environ.get(var):
             env[var] = os.environ[var]
+    storage_fs, storage_path = fsio.resolve(run_path.parent)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
@@ -376,7 +384,10 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run_id,
-            storage_path=str(run_path.parent),
+            # on object storage the workers upload their checkpoints straight to the bucket
+            # and a worker on any host restores from there
+            storage_path=storage_path,
+            storage_filesystem=storage_fs if isinstance(run_path, Uri) else None,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
                                                checkpoint_score_attribute=SCORE_ATTRIBUTE,
                                                checkpoint_score_order="max"),
@@ -387,7 +398,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
 
-    (run_path / PROGRESS_FILE).unlink(missing_ok=True)  # a resumed run's state comes anew
+    fsio.delete(run_path / PROGRESS_FILE)  # a resumed run's state comes anew
     watcher = _RunWatcher(should_stop, stop_file, run_path, on_progress)
     t0 = time.perf_counter()
     try:
@@ -400,7 +411,7 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
             raise cls(f"run {run_id}: {msg}") from None
     finally:
         watcher.stop()
-        stop_file.unlink(missing_ok=True)
+        fsio.delete(stop_file)
     wall = time.perf_counter() - t0
 
     rv = result.return_value or {}
@@ -409,11 +420,11 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         raise NonFiniteLossError(f"run {run_id}: {rv.get('error')}")
     if status == "stopped":
         raise Interrupted(f"run {run_id} stopped at epoch {rv.get('epoch')}; its checkpoint is in "
-                          f"{run_path} and running it again resumes there")
+                          f"{masked(run_path)} and running it again resumes there")
     if status != "completed":
         raise TrainingError(f"run {run_id}: training ended without a result ({rv!r})")
 
-    best_path, best_metrics = _best_checkpoint(result)
+    best_path, best_metrics = _best_checkpoint(result, run_path)
     if best_path is None:
         raise TrainingError(f"run {run_id}: no checkpoint was saved")
     task = ray.remote(evaluate_checkpoint).options(
@@ -439,7 +450,10 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
         "train_seconds": float(rv.get("train_seconds", wall)),
         "images_per_second": float(rv.get("images_per_second", 0.0)),
         "world_size": world, "device": rv.get("device", "cuda" if use_gpu else "cpu"),
-        "best_checkpoint": best_path, "run_dir": str(run_path), "spec": spec.to_json(),
+        # stored without any credentials a URI may carry (a staged child resolves them with
+        # its host's own)
+        "best_checkpoint": fsio.public(best_path), "run_dir": fsio.public(run_path),
+        "spec": spec.to_json(),
         "started_at": started, "finished_at": finished,
     }
     store.write_run(row)
@@ -447,8 +461,18 @@ def run(spec: JobSpec, *, job_id: str | None = None, run_dir: str | os.PathLike 
                              data_seconds=rv.get("data_seconds"))
 
 
-def _best_checkpoint(result) -> tuple[str | None, dict[str, Any]]:
-    """Path and metrics of the best complete-epoch checkpoint Ray kept (by val mIoU)."""
+def _checkpoint_location(path: str, run_path: Location) -> str:
+    """A checkpoint's path as Ray reports it, as a location: on object storage Ray gives the
+    path inside its filesystem (``bucket/prefix/run/checkpoint``), made a URI again here."""
+    if not isinstance(run_path, Uri):
+        return path
+    _, base = fsio.resolve(run_path)
+    rel = path[len(base):].lstrip("/") if path.startswith(base) else path.rsplit("/", 1)[-1]
+    return str(run_path / rel)
+
+
+def _best_checkpoint(result, run_path: Location) -> tuple[str | None, dict[str, Any]]:
+    """Path (or URI) and metrics of the best complete-epoch checkpoint Ray kept (by val mIoU)."""
     best: tuple[str | None, dict[str, Any]] = (None, {})
     best_score = -math.inf
     for ckpt, metrics in result.best_checkpoints or []:
@@ -459,6 +483,8 @@ def _best_checkpoint(result) -> tuple[str | None, dict[str, Any]]:
             best, best_score = (ckpt.path, dict(metrics)), score
     if best[0] is None and result.checkpoint is not None:
         best = (result.checkpoint.path, dict(result.metrics or {}))
+    if best[0] is not None:
+        best = (_checkpoint_location(best[0], run_path), best[1])
     return best
 
 
@@ -494,7 +520,7 @@ class _RunWatcher:
     """A driver thread: polls ``should_stop()`` (when True, drops the STOP file the workers
     watch) and the run's progress file (each new state goes to ``on_progress``)."""
 
-    def __init__(self, should_stop: Callable[[], bool] | None, stop_file: Path, run_dir: Path,
+    def __init__(self, should_stop: Callable[[], bool] | None, stop_file: Location, run_dir: Location,
                  on_progress: Callable[[dict[str, Any]], None] | None, interval: float = 0.5):
         self._should_stop, self._file, self._interval = should_stop, stop_file, interval
         self._run_dir, self._on_progress = run_dir, on_progress
@@ -508,7 +534,7 @@ class _RunWatcher:
         while not self._done.wait(self._interval):
             try:
                 if not stop_sent and self._should_stop is not None and self._should_stop():
-                    self._file.write_text("stop requested\n")
+                    fsio.write_text(self._file, "stop requested\n")
                     stop_sent = True
             except Exception:  # noqa: BLE001 - a broken callback must not kill the run
                 log.exception("should_stop() raised; ignoring")
