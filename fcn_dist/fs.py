@@ -316,9 +316,17 @@ def listdir(loc: str | os.PathLike | Uri) -> list[tuple[str, int]]:
     loc = location(loc)
     if isinstance(loc, Path):
         try:
-            return [(e.name, e.stat().st_size) for e in os.scandir(loc) if e.is_file()]
+            entries = list(os.scandir(loc))
         except FileNotFoundError:
             return []
+        out = []
+        for e in entries:
+            try:  # a file removed since the scan (a compaction's sources) is just not there
+                if e.is_file():
+                    out.append((e.name, e.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return out
     fs, path = resolve(loc)
     with storage_errors(loc):
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
