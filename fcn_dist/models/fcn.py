@@ -207,6 +207,8 @@ class FCNHead(nn.Module):
         self.skip_scales = {t: SKIP_SCALES[t] for t in scaled}
         for tap in fuse:
             self.add_module(f"score_{tap}", _score_layer(taps[tap][0], num_classes))
+        if any(len(taps[t]) != 3 for t in ("s8", "s16", "s32")):
+            raise ValueError(f"taps must be Tap(channels, stride, offset), got {dict(taps)}")
         grid = {t: Tap(*taps[t]) for t in ("s8", "s16", "s32")}
         grid["out"] = Tap(num_classes, 1, 0.0)  # output pixel i is centred on input pixel i
         self.up_s16 = _placed_upsample(grid["s32"], grid["s16"], num_classes, upsample)
