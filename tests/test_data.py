@@ -372,3 +372,91 @@ def test_decoded_images_become_tensors_without_a_non_writable_array_warning():
         warnings.simplefilter("error")
         x, y = train_transform(8, 255)(img, np.zeros((16, 20), np.uint8))
     assert x.shape == (3, 8, 8) and y.shape == (8, 8)
+
+
+# --------------------------------------------------------- label/image alignment (issue 17.2)
+def _stripes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A 1-D label of stripes 6-12 px wide alternating 0 / 3 (a random start)."""
+    out, x, v = np.zeros(n, np.int64), 0, int(rng.integers(2)) * 3
+    while x < n:
+        w = int(rng.integers(6, 13))
+        out[x:x + w], x, v = v, x + w, 3 - v
+    return out
+
+
+def _edge_offsets(image_line: np.ndarray, label_line: np.ndarray) -> np.ndarray:
+    """Label edge minus image edge (px) for every edge of the image's 50% crossing."""
+    a, b = image_line[:-1], image_line[1:]
+    m = np.nonzero((a - 127.5) * (b - 127.5) < 0)[0]
+    img = m + (127.5 - a[m]) / (b[m] - a[m]) + 0.5  # in pixel-boundary coordinates
+    img = img[(img > 3) & (img < len(image_line) - 3)]  # away from the border
+    lab = np.nonzero(label_line[:-1] != label_line[1:])[0] + 1.0
+    d = lab[None, :] - img[:, None]
+    got = d[np.arange(len(img)), np.abs(d).argmin(1)]
+    assert np.abs(got).max() <= 1.5, "a label edge more than 1.5 px from its image edge"
+    return got
+
+
+def _resize_paths(n_in: int, n_out: int, h_out: int, axis: int):
+    """The real resizes a label meets: eval resize (plain and normalised), train random scale,
+    and `fcn-data prepare --max-size`. Each: (uint8 image (h, w, 3), label) -> (h, w) arrays."""
+    from fcn_dist.data.sources import Candidate, _process
+    from fcn_dist.data.shards import decode_image_array, decode_label
+    from fcn_dist.data.transforms import Preprocessing, denormalize
+
+    size = (h_out, n_out) if axis == 1 else (n_out, h_out)
+
+    def plain(t):
+        def run(image, label):
+            x, y = t(image, label)
+            return x[0].numpy().astype(float), y.numpy()
+        return run
+
+    def normalised(image, label):
+        x, y = Preprocessing(size).transform()(image, label)
+        return denormalize(x)[0].numpy() * 255.0, y.numpy()
+
+    def prepared(image, label):
+        row, _ = _process(Candidate("train", "x", image, label), 4, 255, max_size=n_out)
+        return decode_image_array(row["image"])[..., 0].astype(float), decode_label(row["label"])
+
+    paths = {
+        "eval_transform": plain(eval_transform(size, normalize=False)),
+        "Preprocessing": normalised,
+        "train_transform": plain(train_transform(size, 255, scale_range=(1.0, 1.0), hflip=0,
+                                                 jitter=0, normalize=False)),
+    }
+    if n_out < n_in:  # prepare only ever shrinks
+        paths["prepare --max-size"] = prepared
+    return paths
+
+
+@pytest.mark.parametrize("n_in,n_out", [(500, 256), (180, 97), (100, 173), (333, 128)])
+def test_resized_labels_stay_on_their_image(n_in: int, n_out: int):
+    """An image drawn from its own 0/3 label, both resized by a non-integer factor through every
+    real resize: label edges sit on the image's edges (mean offset < 0.05 px; legacy NEAREST:
+    0.5 px at 500 -> 256) and the label holds only its own values. (Exact factors such as
+    200 -> 100 put half the edges on a tie that any nearest-neighbour breaks one way: 0.25 px.)"""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(n_in * 1000 + n_out)
+    h_in = 24
+    h_out = int(h_in * n_out / n_in)  # <= so that the long side sets train's scale
+    images = -(-400 * 9 // n_in)  # about 400 edges per path and axis
+    for axis in (1, 0):
+        offsets: dict[str, list[np.ndarray]] = {}
+        paths = _resize_paths(n_in, n_out, h_out, axis)
+        for _ in range(images):
+            line = _stripes(rng, n_in)
+            label = np.tile(line, (h_in, 1)) if axis == 1 else np.tile(line[:, None], (1, h_in))
+            image = np.repeat(np.where(label == 3, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+            for name, resize in paths.items():
+                img, lab = resize(image, label)
+                assert img.shape[axis] == lab.shape[axis] == n_out, name
+                assert set(np.unique(lab).tolist()) <= {0, 3}, name
+                img_line = img.mean(axis=1 - axis)  # stripes: every line is the same
+                lab_line = lab[lab.shape[0] // 2] if axis == 1 else lab[:, lab.shape[1] // 2]
+                offsets.setdefault(name, []).append(_edge_offsets(img_line, lab_line))
+        for name, parts in offsets.items():
+            d = np.concatenate(parts)
+            assert len(d) > 300, (name, len(d))
+            assert abs(d.mean()) < 0.05, (name, axis, round(float(d.mean()), 3))

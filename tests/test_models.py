@@ -3,8 +3,11 @@ staged init. CPU only, tiny inputs."""
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ from fcn_dist.models import (
     stage_init,
 )
 from fcn_dist.models import backbones as backbones_mod
+from fcn_dist.models.backbones import Tap
 from fcn_dist.models.fcn import FCNHead, Upsample
 
 REQUIRED_BACKBONES = {
@@ -81,7 +85,7 @@ def test_every_model_any_size_forward_backward_and_taps(name: str) -> None:
     with torch.no_grad():
         feats = model.backbone(x)
     assert set(feats) == set(model.backbone.taps) == {"s8", "s16", "s32"}
-    for tap, (channels, stride) in model.backbone.taps.items():
+    for tap, (channels, stride, _) in model.backbone.taps.items():
         f = feats[tap]
         assert f.shape[1] == channels, (tap, f.shape)
         for got, size in zip(f.shape[-2:], x.shape[-2:]):
@@ -160,7 +164,7 @@ def test_separate_models_do_not_share_score_layers() -> None:
 
 
 def test_skip_scale_scales_pool4_and_pool3() -> None:
-    taps = {"s8": (4, 8), "s16": (4, 16), "s32": (4, 32)}
+    taps = {"s8": Tap(4, 8, 3.5), "s16": Tap(4, 16, 7.5), "s32": Tap(4, 32, 15.5)}
     feats = {"s8": torch.randn(1, 4, 8, 8), "s16": torch.randn(1, 4, 4, 4),
              "s32": torch.randn(1, 4, 2, 2)}
     plain = FCNHead(taps, ("s32", "s16", "s8"), 2, "interp", skip_scale=False)
@@ -173,7 +177,7 @@ def test_skip_scale_scales_pool4_and_pool3() -> None:
                     conv.weight.fill_(1.0 if t == tap else 0.0)
             a, b = plain(feats, (64, 64)), scaled(feats, (64, 64))
         assert a.abs().max() > 0
-        torch.testing.assert_close(b, a * factor, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(b, a * factor, rtol=1e-5, atol=1e-8)
 
 
 # ---------------------------------------------------------------------- bilinear kernels
@@ -443,7 +447,7 @@ def test_taps_are_bit_identical_to_torchvision_modules(name: str) -> None:
         ref = _reference_taps(net, name, x)
         feats = backbone(x)
     assert list(feats) == ["s8", "s16", "s32"]
-    for tap, (channels, stride) in backbone.taps.items():
+    for tap, (channels, stride, _) in backbone.taps.items():
         assert torch.equal(feats[tap], ref[tap]), tap
         assert feats[tap].shape == (2, channels, 64 // stride, 96 // stride)
 
@@ -486,3 +490,171 @@ def test_stage_init_refuses_a_parent_without_its_own_score_layer():
     stage_init(child, prev)  # the whole parent: fine, score_s16 starts at zero
     assert float(child.head.score_s16.weight.abs().sum()) == 0.0
     stage_init(child, child.state_dict())  # the same variant: a plain load
+
+
+# ------------------------------------------------------------ alignment (issue 17.1)
+#
+# Where a feature is centred is a property of the kernel sizes, strides and paddings. To measure
+# it from a gradient without the noise of random weights (+-1-3 px for one feature of a random
+# ResNet) or the pull of the image border, the backbone runs with uniform weights on a ring:
+# circular padding along the measured axis (zeros along the other), every conv an average over
+# its window, max pools as average pools of the same geometry, BN as identity, a constant
+# input. Along that axis every activation's local slope is then the same everywhere, so the
+# gradient of one feature w.r.t. the input is its receptive field's weights (plus, for SE
+# blocks, a constant along the ring), and the phase of the first Fourier coefficient along the
+# axis gives the centre exactly, however far the field wraps.
+
+_RING = 256  # input pixels along the measured axis (a multiple of 32, wider than fc6's 224)
+
+
+def _geometric_copy(module: nn.Module, axis: int) -> nn.Module:
+    """A copy of ``module`` with uniform weights, circular along ``axis`` (-1 W, -2 H), eval."""
+    net = copy.deepcopy(module).eval()
+
+    def split(padding) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        if axis == -1:
+            return (pw, pw, 0, 0), (ph, 0)  # (circular pad, what the layer still pads with 0)
+        return (0, 0, ph, ph), (0, pw)
+
+    for parent in list(net.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                ring, child.padding = split(child.padding)
+                setattr(parent, child_name, nn.Sequential(nn.CircularPad2d(ring), child))
+            elif isinstance(child, nn.MaxPool2d):
+                ring, zeros = split(child.padding)
+                pool = nn.AvgPool2d(child.kernel_size, child.stride, padding=zeros)
+                setattr(parent, child_name, nn.Sequential(nn.CircularPad2d(ring), pool))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+                m.reset_running_stats()
+    return net
+
+
+def _circular_centre(grad: torch.Tensor, axis: int) -> float:
+    """Centre (in pixels, mod n) of a non-negative (..., H, W) map along ``axis`` (-2 or -1)."""
+    profile = grad.abs().sum(dim=[d for d in range(grad.dim()) if d != grad.dim() + axis])
+    n = profile.numel()
+    phase = torch.exp(2j * math.pi * torch.arange(n, dtype=torch.float64) / n)
+    z = (profile.double() * phase).sum()
+    assert abs(z) > 0.01 * profile.sum(), "receptive field too wide for the torus"
+    return math.atan2(z.imag, z.real) * n / (2 * math.pi) % n
+
+
+def _wrapped(a: float, n: int) -> float:
+    """``a`` wrapped into [-n/2, n/2)."""
+    return (a + n / 2) % n - n / 2
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_declared_tap_offsets_are_the_measured_receptive_field_centres(name: str) -> None:
+    backbone = create_backbone(name)
+    for axis, shape in ((-1, (32, _RING)), (-2, (_RING, 32))):
+        net = _geometric_copy(backbone, axis)
+        x = torch.ones(1, 3, *shape, requires_grad=True)
+        feats = net(x)
+        for tap, declared in backbone.taps.items():
+            f = feats[tap]
+            i = f.shape[axis] // 2  # one interior feature (all are, on a ring)
+            index = (0, slice(None), 0, i) if axis == -1 else (0, slice(None), i, 0)
+            (grad,) = torch.autograd.grad(f[index].sum(), x, retain_graph=True)
+            centre = _circular_centre(grad[0], axis)
+            offset = _wrapped(centre - declared.stride * i, _RING)
+            assert abs(offset - declared.offset) < 0.5, (tap, axis, offset, declared)
+
+
+def _meta_taps(name: str, size: tuple[int, int]) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """A backbone's declared taps and their map sizes for an input of ``size`` (on meta)."""
+    with torch.device("meta"):
+        backbone = create_backbone(name)
+        feats = backbone(torch.empty(1, 3, *size))
+    return backbone.taps, {t: tuple(f.shape[-2:]) for t, f in feats.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list_backbones())
+def test_head_puts_each_tap_score_where_its_feature_is_centred(name: str, mode: str) -> None:
+    """A unit score at feature k of a tap comes out of the head centred on input pixel
+    stride * k + offset (both axes, every mode): each tap's score is upsampled, fused and
+    finally placed where its feature is."""
+    size = (257, 321)  # odd: output_padding / cropping are exercised too
+    taps, shapes = _meta_taps(name, size)
+    head = FCNHead(taps, ("s32", "s16", "s8"), 2, mode).eval()
+    pos = torch.arange(size[0], dtype=torch.float64), torch.arange(size[1], dtype=torch.float64)
+    for tap in ("s32", "s16", "s8"):
+        feats = {t: torch.zeros(1, taps[t].channels, *shapes[t]) for t in shapes}
+        k = [n // 2 for n in shapes[tap]]
+        feats[tap][0, 0, k[0], k[1]] = 1.0
+        with torch.no_grad():
+            for t in ("s32", "s16", "s8"):
+                getattr(head, f"score_{t}").weight.zero_()
+            getattr(head, f"score_{tap}").weight[0, 0] = 1.0
+            out = head(feats, size)[0, 0].double()
+        assert out.min() >= 0 and out.sum() > 0
+        for axis in (0, 1):
+            profile = out.sum(dim=1 - axis)
+            centre = float((profile * pos[axis]).sum() / profile.sum())
+            expect = taps[tap].stride * k[axis] + taps[tap].offset
+            assert abs(centre - expect) < 1e-3, (tap, axis, centre, expect)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_output_pixel_j_is_centred_on_input_pixel_j(name: str) -> None:
+    """End to end (backbone on the ring + the real FCN-8s head, every mode): the gradient of
+    output pixel j w.r.t. the input is centred on input pixel j. Between two s32 features the
+    ring's phase estimate of a two-copy mixture is off by up to 0.3 px (arc vs chord at
+    32/256 of a turn), hence the tolerance; the old placement was 3.5-15.5 px off."""
+    backbone = _geometric_copy(create_backbone(name), -1)
+    x = torch.ones(1, 3, 32, _RING, requires_grad=True)
+    feats = backbone(x)
+    for mode in MODES:
+        head = FCNHead(_meta_taps(name, (32, _RING))[0], ("s32", "s16", "s8"), 2, mode).eval()
+        with torch.no_grad():
+            for tap in ("s32", "s16", "s8"):
+                score = getattr(head, f"score_{tap}")
+                score.weight[0].fill_(1.0 / score.weight.shape[1])  # class 0: the taps' mean
+        out = head(feats, x.shape[-2:])
+        for j in (_RING // 2, _RING // 2 + 5, _RING // 2 + 12):  # on and between features
+            (grad,) = torch.autograd.grad(out[0, 0, 16, j], x, retain_graph=True)
+            offset = _wrapped(_circular_centre(grad[0], -1) - j, _RING)
+            assert abs(offset) < 0.35, (mode, j, offset)
+
+
+def test_old_layout_state_dicts_still_load() -> None:
+    """Parameter names and shapes are those of the code before the alignment (commit 53f4bb5,
+    recorded in tests/fixtures): its checkpoints load, strict, into today's models."""
+    layout = json.loads((Path(__file__).parent / "fixtures" / "state_layout_53f4bb5.json").read_text())
+    for name, keys in layout["models"].items():
+        with torch.device("meta"):
+            model = create_model(name, layout["num_classes"], upsample=layout["upsample"])
+        assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == keys, name
+    # and a real load of one of them, the upsampling weights included
+    keys = dict(layout["models"]["fcn8s_resnet18"])
+    torch.manual_seed(0)
+    old = {k: torch.randn(shape) if shape else torch.tensor(1) for k, shape in keys.items()}
+    model = create_model("fcn8s_resnet18", layout["num_classes"])
+    model.load_state_dict(old, strict=True)
+    torch.testing.assert_close(model.head.up_out.weight, old["head.up_out.weight"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("offset", [3.5, 0.0, 0.3, -1.0])
+def test_upsample_samples_the_source_at_its_offset(mode: str, offset: float) -> None:
+    """Target pixel j reads the source at (j - offset) / factor: a ramp over source features
+    comes out as exactly that in the interior, for every mode and offset."""
+    f, h, w = 8, 5, 7
+    up = Upsample(1, f, mode, offset=offset)
+    ramp = torch.arange(w, dtype=torch.float32).expand(1, 1, h, w)
+    with torch.no_grad():
+        out = up(ramp, (h * f, w * f))
+    j = torch.arange(w * f, dtype=torch.float32)
+    expect = ((j - offset) / f).expand_as(out)
+    inner = slice(2 * f, (w - 2) * f)  # away from the zero-padded / clamped border
+    torch.testing.assert_close(out[..., f:-f, inner], expect[..., f:-f, inner], atol=1e-5, rtol=0)

@@ -239,6 +239,7 @@ def _process(c: Candidate, num_classes: int, ignore_index: int, max_size: int | 
         r = max_size / max(im.height, im.width)
         size = (max(1, round(im.width * r)), max(1, round(im.height * r)))
         im = im.resize(size, Image.BILINEAR, reducing_gap=None)
+        # PIL's NEAREST samples at output pixel centres (as NEAREST_EXACT; tests/test_data.py)
         label = np.asarray(Image.fromarray(label.astype(np.int32), mode="I").resize(size, Image.NEAREST))
         jpeg = None
     image_bytes = jpeg if jpeg is not None else encode_png(im)

@@ -1,6 +1,6 @@
 """FCN-32s/16s/8s models over named backbone taps (see ``docs/INTERFACES.md``)."""
 
-from fcn_dist.models.backbones import Backbone, create_backbone, list_backbones
+from fcn_dist.models.backbones import Backbone, Tap, create_backbone, list_backbones
 from fcn_dist.models.fcn import (
     FCN,
     bilinear_kernel,
@@ -17,6 +17,7 @@ __all__ = [
     "FCN",
     "VARIANTS",
     "Backbone",
+    "Tap",
     "bilinear_kernel",
     "create_backbone",
     "create_model",

@@ -2,8 +2,16 @@
 
 Every backbone is an ``nn.Module`` whose ``forward(x)`` returns ``{"s8", "s16", "s32"}`` — the
 feature maps at 1/8, 1/16 and 1/32 of the input — and which declares them up front in
-``taps`` (name -> ``(channels, stride)``, like timm's ``feature_info``). The FCN head only ever
-sees that dict, so any backbone fits any FCN variant.
+``taps`` (name -> :class:`Tap` ``(channels, stride, offset)``, like timm's ``feature_info``).
+The FCN head only ever sees that dict, so any backbone fits any FCN variant.
+
+``offset`` is where a tap's feature 0 is centred, in input pixels (pixel j centred at j):
+feature i of a stride-s tap sits at ``s * i + offset``. It is the centre of the feature's
+receptive field, fixed by the kernel sizes, strides and paddings. VGG's unpadded 2x2 pools each
+shift by half their input stride: (s - 1) / 2 (3.5, 7.5, 15.5). ResNet and MobileNetV3
+downsample with stride-2 convs/pools padded by (k - 1) / 2, which keep the centre: 0. The head
+places every upsampling by these offsets; ``tests/test_models.py`` measures them for every
+registered backbone from the gradient of one feature w.r.t. the input.
 
 ResNet and MobileNetV3 are torchvision's own modules cut with torchvision's
 ``IntermediateLayerGetter`` (the children up to the last tap, run in order); VGG is built here
@@ -36,7 +44,7 @@ import urllib.error
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torchvision
@@ -50,6 +58,7 @@ from fcn_dist.spec import BACKBONES
 
 __all__ = [
     "Backbone",
+    "Tap",
     "VGGBackbone",
     "ResNetBackbone",
     "MobileNetV3Backbone",
@@ -65,16 +74,24 @@ TAP_NAMES = ("s8", "s16", "s32")
 _PROBE_TIMEOUT_S = float(os.environ.get("FCN_DOWNLOAD_PROBE_TIMEOUT", "10"))
 
 
+class Tap(NamedTuple):
+    """A declared feature tap: feature i of it is centred at input pixel ``stride * i + offset``."""
+
+    channels: int
+    stride: int  # input pixels per feature
+    offset: float  # input pixel (centre coordinates) on which feature 0 is centred
+
+
 class Backbone(nn.Module):
     """Base class: ``forward(x) -> {"s8": ..., "s16": ..., "s32": ...}``.
 
-    Subclasses set ``taps`` (name -> (channels, stride)) and ``name``, and list the
+    Subclasses set ``taps`` (name -> :class:`Tap`) and ``name``, and list the
     torchvision state-dict prefixes they drop (``ignored_prefixes``, e.g. the ImageNet
     classifier) in ``convert_torchvision_state``.
     """
 
     name: str = ""
-    taps: dict[str, tuple[int, int]] = {}
+    taps: dict[str, Tap] = {}
     ignored_prefixes: tuple[str, ...] = ()
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
@@ -117,7 +134,9 @@ class VGGBackbone(Backbone):
         self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = Dropout(0.5)
-        self.taps = {"s8": (256, 8), "s16": (512, 16), "s32": (4096, 32)}
+        # Each unpadded 2x2/2 pool moves the centre by half its input stride: (s - 1) / 2.
+        # fc6 (7x7, padding 3) and fc7 (1x1) keep pool5's centre.
+        self.taps = {"s8": Tap(256, 8, 3.5), "s16": Tap(512, 16, 7.5), "s32": Tap(4096, 32, 15.5)}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -192,10 +211,12 @@ class ResNetBackbone(IntermediateLayerGetter, Backbone):
         super().__init__(net, {"layer2": "s8", "layer3": "s16", "layer4": "s32"})
         self.name = name
         expansion = type(net.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
+        # conv1 (7x7/2, pad 3), maxpool (3x3/2, pad 1), the stride-2 3x3 (pad 1) and 1x1
+        # downsample convs are all centred: feature i sits on input pixel s * i.
         self.taps = {
-            "s8": (128 * expansion, 8),
-            "s16": (256 * expansion, 16),
-            "s32": (512 * expansion, 32),
+            "s8": Tap(128 * expansion, 8, 0.0),
+            "s16": Tap(256 * expansion, 16, 0.0),
+            "s32": Tap(512 * expansion, 32, 0.0),
         }
 
 
@@ -227,7 +248,8 @@ class MobileNetV3Backbone(Backbone):
         self.features = IntermediateLayerGetter(
             features, {str(idx): tap for tap, (idx, _, _) in spec.items()}
         )
-        self.taps = {tap: (ch, stride) for tap, (_, ch, stride) in spec.items()}
+        # every conv is padded by (k - 1) / 2 (3x3 and 5x5, stride 1 or 2): centred, offset 0
+        self.taps = {tap: Tap(ch, stride, 0.0) for tap, (_, ch, stride) in spec.items()}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Return the last feature maps at 1/8, 1/16 and 1/32."""

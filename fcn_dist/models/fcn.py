@@ -11,17 +11,23 @@ same and a new skip's score layer starts at zero, an FCN-16s initialised from an
 :func:`stage_init` computes *exactly* the FCN-32s output (and 8s from 16s), whatever the
 upsampling mode: a single x16 / x32 transposed conv would not compose to the same function.
 
-Alignment is by shape, not by the paper's 100-pixel padding and crop offsets: every upsampling
-step targets the exact size of the next skip (and finally of the input), so logits have the
-input's H and W for any input size. For transposed convs (kernel 2f, stride f, padding f/2 —
-the placement that matches bilinear interpolation with ``align_corners=False``) the few extra
-rows/columns a size needs come from ``output_padding`` (target up to f-1 larger than f*in),
-a target smaller than f*in is cropped at the bottom/right (backbones that downsample with ceil),
-and anything further (not produced by the registered backbones) is replicate-padded.
+Alignment is by position and by shape, not by the paper's 100-pixel padding and crop offsets.
+Position: every backbone declares where its taps' features are centred (``Tap.offset``: feature
+i of a stride-s tap sits at input pixel s*i + offset), and each upsampling step puts its source
+features exactly there on its target grid — the next skip's features, and finally the input's
+pixels — so an s32 score is added to the s16/s8 scores of the same place and output pixel i is
+centred on input pixel i. (A fixed align_corners=False placement assumes offset (s-1)/2, which
+holds for VGG but puts ResNet/MobileNet s32 scores 15.5 px off.) Shape: every step targets the
+exact size of the next skip (and finally of the input), so logits have the input's H and W for
+any input size. For transposed convs (kernel 2f, stride f) the padding and the centre of the
+bilinear kernel inside its 2f taps set the placement; the few extra rows/columns a size needs
+come from ``output_padding`` (up to f-1), a longer result is cropped at the bottom/right, and
+anything further (not produced by the registered backbones) is replicate-padded.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 
@@ -31,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from fcn_dist.errors import SpecError, WeightsError
-from fcn_dist.models.backbones import Backbone, create_backbone, list_backbones
+from fcn_dist.models.backbones import Backbone, Tap, create_backbone, list_backbones
 from fcn_dist.spec import PREVIOUS_VARIANT, UPSAMPLE_MODES, VARIANTS
 
 __all__ = [
@@ -62,33 +68,52 @@ if tuple(VARIANT_TAPS) != VARIANTS:
 SKIP_SCALES: dict[str, float] = {"s16": 0.01, "s8": 1e-4}
 
 
-def bilinear_kernel(size: int) -> Tensor:
-    """2-D bilinear interpolation kernel of ``size`` x ``size`` (as Caffe FCN's surgery.interp)."""
+def bilinear_kernel(size: int, center: float | None = None) -> Tensor:
+    """2-D bilinear interpolation kernel of ``size`` x ``size`` (as Caffe FCN's surgery.interp).
+
+    ``center``: the tap (fractional allowed) the kernel peaks at; by default the middle. A
+    kernel of 2f taps holds a full bilinear of factor f for any centre in [f-1, f].
+    """
     factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    if center is None:
+        center = factor - 1 if size % 2 == 1 else factor - 0.5
     og = torch.arange(size, dtype=torch.float64)
-    filt = 1 - (og - center).abs() / factor
+    filt = (1 - (og - center).abs() / factor).clamp(min=0)
     return (filt[:, None] * filt[None, :]).float()
 
 
 class Upsample(nn.Module):
-    """Upsample by ``factor`` to an exact target size.
+    """Upsample by ``factor`` to an exact target size, source features placed at ``offset``.
 
-    ``mode="learned"``: a transposed conv (channels -> channels, kernel 2*factor, stride factor,
-    padding factor/2, no bias), initialised to per-channel bilinear (identity across channels),
-    trained. ``"fixed"``: the same bilinear kernel, frozen (a non-persistent buffer, depthwise).
-    ``"interp"``: ``F.interpolate(mode="bilinear", align_corners=False)``. In the interior the
-    three agree at init; at the border the transposed convs see zero padding.
+    ``offset``: where source feature 0 lies on the target grid, in target pixels (source
+    feature i at ``factor * i + offset``); the default ``(factor - 1) / 2`` is the
+    ``align_corners=False`` placement. ``mode="learned"``: a transposed conv (channels ->
+    channels, kernel 2*factor, stride factor, no bias), initialised to per-channel bilinear
+    (identity across channels) centred so that it places the source at ``offset``, trained.
+    ``"fixed"``: the same bilinear kernel, frozen (a non-persistent buffer, depthwise).
+    ``"interp"``: bilinear interpolation sampling the source exactly at
+    ``(j - offset) / factor`` for target pixel j (clamped at the border, like
+    ``F.interpolate``). In the interior the three agree at init; at the border the transposed
+    convs see zero padding.
     """
 
-    def __init__(self, channels: int, factor: int, mode: str = "learned") -> None:
+    def __init__(self, channels: int, factor: int, mode: str = "learned",
+                 offset: float | None = None) -> None:
         super().__init__()
         if mode not in UPSAMPLE_MODES:
             raise SpecError(f"unknown upsample mode {mode!r}; valid: {', '.join(UPSAMPLE_MODES)}")
         if factor < 2 or factor % 2:
             raise ValueError(f"upsampling factor must be even and >= 2, got {factor}")
-        self.channels, self.factor, self.mode = channels, factor, mode
-        kernel = bilinear_kernel(2 * factor)
+        offset = (factor - 1) / 2 if offset is None else float(offset)
+        # Transposed conv: source i reaches target f*i - padding + k, the kernel peaks at tap
+        # `center`; so offset = center - padding with center in [f-1, f] (the kernel's 2f taps).
+        padding = math.ceil(factor - 1 - offset - 1e-9)
+        if padding < 0:
+            raise ValueError(f"source offset {offset} is more than factor - 1 = {factor - 1} "
+                             "target pixels: the tap offsets do not fit this upsampling")
+        self.channels, self.factor, self.mode, self.offset = channels, factor, mode, offset
+        self.padding = padding
+        kernel = bilinear_kernel(2 * factor, center=padding + offset)
         if mode == "learned":
             weight = torch.zeros(channels, channels, 2 * factor, 2 * factor)
             weight[range(channels), range(channels)] = kernel
@@ -101,16 +126,19 @@ class Upsample(nn.Module):
         """Upsample ``x`` (N, C, h, w) to exactly ``size`` (H, W)."""
         th, tw = (int(s) for s in size)
         if self.mode == "interp":
-            return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
-        f = self.factor
+            h, w = x.shape[-2:]
+            rows = self._interp_matrix(th, h, x)  # (th, h)
+            cols = self._interp_matrix(tw, w, x)  # (tw, w)
+            return rows @ (x @ cols.T)  # separable: columns, then rows
+        f, p = self.factor, self.padding
         h, w = x.shape[-2:]
-        # f*h rows come out; output_padding adds up to f-1 more at the bottom/right.
-        oph = min(max(th - f * h, 0), f - 1)
-        opw = min(max(tw - f * w, 0), f - 1)
+        # (h+1)*f - 2p rows come out; output_padding adds up to f-1 more at the bottom/right.
+        oph = min(max(th - ((h + 1) * f - 2 * p), 0), f - 1)
+        opw = min(max(tw - ((w + 1) * f - 2 * p), 0), f - 1)
         groups = self.channels if self.mode == "fixed" else 1
         weight = self.weight.to(x.dtype)
         y = F.conv_transpose2d(
-            x, weight, stride=f, padding=f // 2, output_padding=(oph, opw), groups=groups
+            x, weight, stride=f, padding=p, output_padding=(oph, opw), groups=groups
         )
         y = y[..., :th, :tw]  # crop when the target is smaller (ceil-mode backbones)
         ph, pw = th - y.shape[-2], tw - y.shape[-1]
@@ -118,8 +146,22 @@ class Upsample(nn.Module):
             y = F.pad(y, (0, pw, 0, ph), mode="replicate")
         return y
 
+    def _interp_matrix(self, n_out: int, n_in: int, like: Tensor) -> Tensor:
+        """(n_out, n_in) bilinear weights: target j samples the source at (j - offset) / f."""
+        u = (torch.arange(n_out, device=like.device, dtype=torch.float64) - self.offset) / self.factor
+        u = u.clamp(0, n_in - 1)
+        lo = u.floor().long()
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = u - lo
+        m = torch.zeros(n_out, n_in, device=like.device, dtype=torch.float64)
+        j = torch.arange(n_out, device=like.device)
+        m.index_put_((j, lo), 1 - frac, accumulate=True)
+        m.index_put_((j, hi), frac, accumulate=True)
+        return m.to(like.dtype)
+
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, factor={self.factor}, mode={self.mode}"
+        return (f"channels={self.channels}, factor={self.factor}, mode={self.mode}, "
+                f"offset={self.offset:g}")
 
 
 def _score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
@@ -130,16 +172,27 @@ def _score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
     return conv
 
 
+def _placed_upsample(src: Tap, dst: Tap, channels: int, mode: str) -> Upsample:
+    """The upsampling from tap ``src``'s grid onto ``dst``'s: source feature 0 (input pixel
+    ``src.offset``) lies at ``(src.offset - dst.offset) / dst.stride`` target pixels."""
+    if src.stride % dst.stride:
+        raise ValueError(f"tap strides must divide each other, got {src.stride} -> {dst.stride}")
+    return Upsample(channels, src.stride // dst.stride, mode,
+                    offset=(src.offset - dst.offset) / dst.stride)
+
+
 class FCNHead(nn.Module):
     """Scores the taps in ``fuse`` and sums them along the shared upsampling chain.
 
     Submodules: ``score_s32`` / ``score_s16`` / ``score_s8`` (only those fused),
-    ``up_s16`` (1/32 -> 1/16), ``up_s8`` (1/16 -> 1/8), ``up_out`` (1/8 -> input size).
+    ``up_s16`` (1/32 -> 1/16), ``up_s8`` (1/16 -> 1/8), ``up_out`` (1/8 -> input size). Each
+    upsampling places its source where the taps' offsets say it is on its target grid, so
+    scores are summed at the place they describe and output pixel i is centred on input pixel i.
     """
 
     def __init__(
         self,
-        taps: Mapping[str, tuple[int, int]],
+        taps: Mapping[str, Tap],
         fuse: tuple[str, ...],
         num_classes: int,
         upsample: str = "learned",
@@ -154,10 +207,13 @@ class FCNHead(nn.Module):
         self.skip_scales = {t: SKIP_SCALES[t] for t in scaled}
         for tap in fuse:
             self.add_module(f"score_{tap}", _score_layer(taps[tap][0], num_classes))
-        stride = {t: taps[t][1] for t in ("s8", "s16", "s32")}
-        self.up_s16 = Upsample(num_classes, stride["s32"] // stride["s16"], upsample)
-        self.up_s8 = Upsample(num_classes, stride["s16"] // stride["s8"], upsample)
-        self.up_out = Upsample(num_classes, stride["s8"], upsample)
+        if any(len(taps[t]) != 3 for t in ("s8", "s16", "s32")):
+            raise ValueError(f"taps must be Tap(channels, stride, offset), got {dict(taps)}")
+        grid = {t: Tap(*taps[t]) for t in ("s8", "s16", "s32")}
+        grid["out"] = Tap(num_classes, 1, 0.0)  # output pixel i is centred on input pixel i
+        self.up_s16 = _placed_upsample(grid["s32"], grid["s16"], num_classes, upsample)
+        self.up_s8 = _placed_upsample(grid["s16"], grid["s8"], num_classes, upsample)
+        self.up_out = _placed_upsample(grid["s8"], grid["out"], num_classes, upsample)
 
     def _score(self, tap: str, feats: Mapping[str, Tensor]) -> Tensor:
         x = feats[tap]
