@@ -85,3 +85,16 @@ def dead_max(value: int | str | None = None) -> int:
     if n < 0:
         raise ValueError(f"{what}: expected a whole number >= 0, got {value!r}")
     return n
+
+
+def decoded_cache_bytes() -> int:
+    """Bytes of decoded training/val images each training process keeps in memory
+    (``$FCN_DECODED_CACHE_MB``, default 1024; 0 decodes every sample every epoch)."""
+    value = os.environ.get("FCN_DECODED_CACHE_MB") or "1024"
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if mb < 0:
+        raise ValueError(f"FCN_DECODED_CACHE_MB: expected megabytes >= 0, got {value!r}")
+    return int(mb * 2**20)

@@ -460,3 +460,32 @@ def test_resized_labels_stay_on_their_image(n_in: int, n_out: int):
             d = np.concatenate(parts)
             assert len(d) > 300, (name, len(d))
             assert abs(d.mean()) < 0.05, (name, axis, round(float(d.mean()), 3))
+
+
+def test_shard_dataset_keeps_decoded_pairs_within_its_budget(tmp_path, monkeypatch):
+    """keep_decoded: the same pairs come back from memory (not re-read from the shards), up to
+    the byte budget; a pickled copy (a DataLoader worker) starts empty."""
+    import pickle
+
+    from fcn_dist.config import decoded_cache_bytes
+    from fcn_dist.data import ShardDataset, prepare
+
+    out = tmp_path / "syn"
+    prepare("synthetic", out, count=12, size=(16, 16), overwrite=True)
+    pair_bytes = 16 * 16 * 3 + ShardDataset(out, "train").raw(0)[1].nbytes
+    ds = ShardDataset(out, "train", keep_decoded=3 * pair_bytes)
+    first = [ds.raw(i) for i in range(len(ds))]
+    assert sorted(ds._decoded) == [0, 1, 2] and ds._decoded_bytes == 3 * pair_bytes
+    again = ds.raw(1)
+    assert again[0] is first[1][0] and again[1] is first[1][1]  # from memory
+    assert ds.raw(len(ds) - 1)[0] is not first[-1][0]  # over budget: decoded anew
+    assert np.array_equal(np.asarray(ds.raw(len(ds) - 1)[0]), np.asarray(first[-1][0]))
+    x0, y0 = ds[1]
+    x1, y1 = ds[1]
+    assert x0.shape == x1.shape and torch.equal(y0, y1)  # transforms never write into the cache
+    assert pickle.loads(pickle.dumps(ds))._decoded == {}
+    monkeypatch.setenv("FCN_DECODED_CACHE_MB", "1.5")
+    assert decoded_cache_bytes() == int(1.5 * 2**20)
+    monkeypatch.setenv("FCN_DECODED_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="FCN_DECODED_CACHE_MB"):
+        decoded_cache_bytes()

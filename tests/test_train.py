@@ -507,3 +507,16 @@ def test_an_empty_val_split_is_refused_before_ray_starts(tmp_path, monkeypatch):
     spec = JobSpec(name="few", data=str(tmp_path / "few"), epochs=1)
     with pytest.raises(SpecError, match=r"val_split: split 'val' of .*few is empty"):
         check_inputs(spec, run_dir=tmp_path / "run", init_from=None, job_id=None)
+
+
+def test_auto_data_loader_reads_on_the_trainer_for_cpu_workers_and_ray_data_for_gpus():
+    from fcn_dist.spec import JobSpec
+    from fcn_dist.train.trainer import choose_data_loader
+
+    spec = JobSpec(backbone="resnet18")
+    assert spec.data_loader == "auto"
+    assert choose_data_loader(spec, use_gpu=False) == "torch"
+    assert choose_data_loader(spec, use_gpu=True) == "ray"
+    assert choose_data_loader(spec.replace(deterministic=True), use_gpu=True) == "torch"
+    for explicit in ("ray", "torch"):
+        assert choose_data_loader(spec.replace(data_loader=explicit), use_gpu=False) == explicit

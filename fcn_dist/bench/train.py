@@ -8,7 +8,8 @@ machine whose speed drifts slows both alike:
   rate the service reports (epoch 1 left out when there are more); its wall-clock rate counts
   every second of the run, start-up, validation and checkpoints included.
 * **plain**: a loop over the train split decoded once into tensors in memory, the same
-  augmentation per sample on the trainer's threads, the same model, AdamW, cross-entropy, in
+  augmentation per sample on the trainer's threads, the same model, AdamW, cross-entropy and
+  gradient clipping (the spec's), in
   the precision and layout the service's policy picks (:mod:`fcn_dist.perf`), so only the
   service's own costs differ.
 
@@ -92,6 +93,8 @@ def plain_loop(spec: JobSpec, data_dir: str, *, steps: int, ignore_index: int) -
         loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if spec.grad_clip is not None:  # the spec's recipe, not a service cost
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         t2 = time.perf_counter()
         opt.step()
         loss.item()  # the loop reads its loss every step, as the service does

@@ -374,6 +374,7 @@ class ShardDataset(torch.utils.data.Dataset):
     ``ds[i] -> (image float32 (3, H, W), label int64 (H, W))`` after ``transform`` (a paired
     transform from :mod:`fcn_dist.data.transforms`; default: original size, normalised).
     ``ds.raw(i) -> (PIL RGB image, np label)`` at the original size. ``ds.ids``, ``ds.manifest``.
+    ``keep_decoded`` bytes of decoded pairs are kept in memory for later epochs.
     Shards are checked (size, rows; sha256 when ``sha256=True``) on open. Reads one small row
     group per access; safe with DataLoader workers (files are opened per process).
     """
@@ -385,6 +386,7 @@ class ShardDataset(torch.utils.data.Dataset):
         transform: Callable[[Any, Any], Any] | None = None,
         *,
         sha256: bool = False,
+        keep_decoded: int = 0,
     ):
         self.manifest = read_manifest(path)
         self.split = split
@@ -407,13 +409,18 @@ class ShardDataset(torch.utils.data.Dataset):
         self._files: dict[int, pq.ParquetFile] = {}
         self._pid = os.getpid()
         self._cache: tuple[tuple[int, int], pa.Table] | None = None
+        # decoded pairs kept for the next epochs, up to ``keep_decoded`` bytes: a random order
+        # reads a whole row group per sample, and decoding costs the training threads' time
+        self.keep_decoded = keep_decoded
+        self._decoded: dict[int, tuple[Image.Image, np.ndarray]] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__.copy()
-        d["_files"], d["_cache"] = {}, None
+        d["_files"], d["_cache"], d["_decoded"], d["_decoded_bytes"] = {}, None, {}, 0
         return d
 
     def _row(self, i: int) -> dict[str, Any]:
@@ -433,9 +440,18 @@ class ShardDataset(torch.utils.data.Dataset):
         return {c: t.column(c)[r].as_py() for c in ("id", "image", "label", "height", "width")}
 
     def raw(self, i: int) -> tuple[Image.Image, np.ndarray]:
-        """The i-th image (PIL RGB) and label map (np.ndarray) at their stored size."""
+        """The i-th image (PIL RGB) and label map (np.ndarray) at their stored size (shared
+        with later calls when kept decoded: transforms copy, never write into them)."""
+        hit = self._decoded.get(i)
+        if hit is not None:
+            return hit
         row = self._row(i)
-        return decode_image(row["image"]), decode_label(row["label"])
+        pair = decode_image(row["image"]), decode_label(row["label"])
+        size = pair[0].width * pair[0].height * len(pair[0].getbands()) + pair[1].nbytes
+        if self._decoded_bytes + size <= self.keep_decoded:
+            self._decoded[i] = pair
+            self._decoded_bytes += size
+        return pair
 
     def __getitem__(self, i: int):
         image, label = self.raw(i)

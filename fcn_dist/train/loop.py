@@ -166,8 +166,11 @@ def set_up(cfg: LoopConfig) -> RankState:
     state = RankState(cfg=cfg, rank=rank, world=world, device=device, step=step,
                       preprocessing=pre, params=params, val_ds=val_ds)
     if cfg.data_loader == "torch":
+        from fcn_dist.config import decoded_cache_bytes
+
         state.train_ds = ShardDataset(cfg.data_dir, "train", transform=train_transform(
-            spec.crop_size, cfg.ignore_index, scale_range=tuple(spec.scale_range)))
+            spec.crop_size, cfg.ignore_index, scale_range=tuple(spec.scale_range)),
+            keep_decoded=decoded_cache_bytes())
     else:
         state.shard = ray.train.get_dataset_shard("train")
     if rank == 0 and cfg.store_dir:

@@ -250,6 +250,17 @@ def shared_image_size(manifest: Any, splits: set[str]) -> tuple[int, int] | None
     return next(iter(sizes)) if sizes else None
 
 
+def choose_data_loader(spec: JobSpec, use_gpu: bool) -> str:
+    """``spec.data_loader``, with ``auto`` decided: Ray Data streaming where GPUs train and the
+    CPUs are free to decode and augment for them; on CPU workers the shards are read on the
+    trainer's own threads (Ray Data's tasks would take the cores the training step runs on and
+    restart their pipeline every epoch; README, Performance); and always when bitwise
+    repeatability is asked for."""
+    if spec.data_loader != "auto":
+        return spec.data_loader
+    return "torch" if spec.deterministic or not use_gpu else "ray"
+
+
 def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: bool,
                 resources: dict[str, float], hooks: LoopHooks | None = None) -> LoopConfig:
     """The workers' :class:`~fcn_dist.train.loop.LoopConfig` (creates the run dir;
@@ -263,9 +274,7 @@ def loop_config(spec: JobSpec, inp: RunInputs, *, job_id: str | None, use_gpu: b
     steps = math.ceil(per_rank / spec.batch_size)
     if spec.steps_per_epoch is not None:
         steps = min(steps, spec.steps_per_epoch)
-    data_loader = spec.data_loader
-    if data_loader == "auto":
-        data_loader = "torch" if spec.deterministic else "ray"
+    data_loader = choose_data_loader(spec, use_gpu)
 
     fsio.makedirs(run_path)
     class_weights = None
