@@ -287,6 +287,7 @@ def _trained_epochs(log: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- 2. SIGKILL, real job
+@pytest.mark.slow  # 80-90 s each: real fcn-worker processes and Ray Train jobs
 def test_sigkilled_worker_real_job_resumes_from_checkpoint_and_succeeds_once(
         queue, redis_url, redis_prefix, env_dirs, tmp_path):
     t_start = time.monotonic()
@@ -344,6 +345,7 @@ SIGTERM_BUG = (
 )
 
 
+@pytest.mark.slow  # 80-90 s each: real fcn-worker processes and Ray Train jobs
 def test_sigtermed_worker_real_job_is_released_quickly_and_resumed(
         queue, redis_url, redis_prefix, env_dirs, tmp_path):
     jid = queue.submit(real_spec(name="termed")).id

@@ -133,7 +133,8 @@ def _assert_same_as_reference(reference, res, run_dir, rows):
         assert rows[e]["train_loss"] == ref_rows[e]["train_loss"]
 
 
-@pytest.mark.ray
+@pytest.mark.slow  # ~50 s; test_killed_worker_process_is_restarted_and_ends_like_uninterrupted
+@pytest.mark.ray   # proves the same resume in the default suite
 def test_interrupted_run_resumes_to_the_same_result(reference, synthetic, store_root, tmp_path):
     """Stopped during epoch 2 (should_stop), restarted on its run dir: bitwise the same weights
     and the same metrics as the uninterrupted reference run."""
