@@ -96,3 +96,32 @@ def test_terminal_console_shows_a_bar_per_epoch_then_its_line():
     console({**base, "epoch": 1, "step": 4, "done": [_metrics(1)]})
     assert console._bar is None and "epoch 1/2: train loss" in out.getvalue()
     console.close()
+
+
+def test_fcn_train_prints_its_own_lines_and_none_of_rays(tmp_path):
+    """A real fcn-train run (its own local Ray, one tiny epoch) as a user sees it on a pipe:
+    the start line, the epoch line and the result; no Ray internals (issue 20)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fcn_dist.data import prepare
+
+    prepare("synthetic", tmp_path / "data" / "syn", count=24, size=(32, 32), overwrite=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: quiet\ndata: syn\nvariant: 32s\nbackbone: resnet18\n"
+                    "backbone_weights: null\nepochs: 1\nbatch_size: 4\ncrop_size: [32, 32]\n"
+                    "num_workers: 1\nuse_gpu: 'false'\nsteps_per_epoch: 2\n")
+    env = {**os.environ, "FCN_DATA": str(tmp_path / "data"), "FCN_STORE": str(tmp_path / "store"),
+           "FCN_RUNS": str(tmp_path / "runs"), "RAY_ADDRESS": ""}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "fcn_dist.cli.train", "--spec", str(spec)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "epoch 1/1: train loss" in out and "succeeded" in out, out[-3000:]
+    for noise in ("TrainingReport(", "State Transition", "Ray Data", "RayDeprecationWarning",
+                  "Traceback"):
+        assert noise not in out, f"{noise!r} in fcn-train's output:\n{out[-3000:]}"
+    assert len(out.splitlines()) <= 12, out
