@@ -65,3 +65,22 @@ def redis_prefix():
 @pytest.fixture
 def redis_url():
     return REDIS_URL
+
+
+@pytest.fixture
+def cli(redis_url, redis_prefix):
+    """``(submit, jobs)``: fcn-submit and fcn-jobs invoked on the test's Redis key prefix."""
+    from click.testing import CliRunner
+
+    from fcn_dist.cli import jobs as jobs_cli
+    from fcn_dist.cli import submit as submit_cli
+
+    runner = CliRunner()
+
+    def submit(*args: str):
+        return runner.invoke(submit_cli.main, [*args, "--redis-url", redis_url, "--prefix", redis_prefix])
+
+    def jobs(*args: str):
+        return runner.invoke(jobs_cli.main, ["--redis-url", redis_url, "--prefix", redis_prefix, *args])
+
+    return submit, jobs

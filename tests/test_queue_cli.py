@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from fcn_dist.cli import jobs as jobs_cli
-from fcn_dist.cli import submit as submit_cli
 from fcn_dist.queue import JobQueue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,19 +23,6 @@ def spec_file(tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_text("name: tiny\ndata: synthetic\nepochs: 1\nbatch_size: 2\ncrop_size: [64, 64]\n")
     return p
-
-
-@pytest.fixture
-def cli(redis_url, redis_prefix):
-    runner = CliRunner()
-
-    def submit(*args: str):
-        return runner.invoke(submit_cli.main, [*args, "--redis-url", redis_url, "--prefix", redis_prefix])
-
-    def jobs(*args: str):
-        return runner.invoke(jobs_cli.main, ["--redis-url", redis_url, "--prefix", redis_prefix, *args])
-
-    return submit, jobs
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import redis
 from click.testing import CliRunner
 
 from fcn_dist import config
-from fcn_dist.cli import jobs as jobs_cli
 from fcn_dist.cli import submit as submit_cli
 from fcn_dist.errors import QueueError
 from fcn_dist.queue import JobQueue
@@ -33,19 +32,6 @@ def queue(redis_url, redis_prefix, monkeypatch):
     q = JobQueue(redis_url, prefix=redis_prefix, backoff_base=0.05, backoff_max=0.2)
     yield q
     q.close()
-
-
-@pytest.fixture
-def cli(redis_url, redis_prefix):
-    runner = CliRunner()
-
-    def submit(*args: str):
-        return runner.invoke(submit_cli.main, [*args, "--redis-url", redis_url, "--prefix", redis_prefix])
-
-    def jobs(*args: str):
-        return runner.invoke(jobs_cli.main, ["--redis-url", redis_url, "--prefix", redis_prefix, *args])
-
-    return submit, jobs
 
 
 def one_line_error(result, code: int) -> str:

@@ -281,3 +281,34 @@ def test_schema_2_records_the_scored_split_and_schema_1_runs_read_as_unknown(tmp
     assert scored_on(rows["new"]["eval_split"], rows["new"]["eval_is_selection"]) == \
         "val (used for selection)"
     assert scored_on(rows["old"]["eval_split"], rows["old"]["eval_is_selection"]) == "unknown"
+
+
+def test_listing_a_directory_while_files_come_and_go_keeps_the_files_that_stay(tmp_path):
+    """fs.listdir on a local directory while another thread creates and removes files (as a
+    compaction removes its sources): the files that stay are listed every time (a file removed
+    between the scan and its stat once emptied the whole listing)."""
+    import threading
+
+    from fcn_dist import fs as fsio
+
+    kept = {f"kept-{i}.parquet" for i in range(20)}
+    for n in kept:
+        (tmp_path / n).write_bytes(b"x")
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            p = tmp_path / f"churn-{i % 50}.parquet"
+            p.write_bytes(b"y")
+            p.unlink()
+            i += 1
+
+    th = threading.Thread(target=churn, daemon=True)
+    th.start()
+    try:
+        missing = [kept - {n for n, _ in fsio.listdir(tmp_path)} for _ in range(3000)]
+    finally:
+        stop.set()
+        th.join()
+    assert not any(missing), f"{sum(map(bool, missing))} of 3000 listings lost kept files"
